@@ -1,0 +1,104 @@
+"""The one codec: a message <-> (key, JSON value, headers).
+
+The body is the message's fields as JSON; its type travels in the ``waitroom-type`` header, next
+to trace context and any transport metadata, so a reader can route or dead-letter a record without
+parsing it. Decoding is tolerant: unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The modules below register their types on import; the codec must know every type.
+from waitroom_events import commands, events, heartbeats  # noqa: F401
+from waitroom_events.base import Message, lookup
+
+HEADER_TYPE = "waitroom-type"
+HEADER_CONTENT_TYPE = "content-type"
+CONTENT_TYPE = b"application/json"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class DecodeError(ValueError):
+    """A record that cannot become a message: route it to the dead-letter topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def encode(message: Message, extra_headers: Iterable[tuple[str, bytes]] = ()) -> EncodedRecord:
+    if not message.TYPE:
+        raise TypeError(f"{type(message).__name__} has no registered message type")
+    value = json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+    headers = [(HEADER_TYPE, message.TYPE.encode()), (HEADER_CONTENT_TYPE, CONTENT_TYPE)]
+    headers.extend(extra_headers)
+    return EncodedRecord(key=message.room_id.encode(), value=value, headers=headers)
+
+
+def header(headers: Headers | None, name: str) -> bytes | None:
+    for key, value in headers or ():
+        if key == name:
+            return value
+    return None
+
+
+def decode(value: bytes | None, headers: Headers | None) -> Message:
+    raw_type = header(headers, HEADER_TYPE)
+    if raw_type is None:
+        raise DecodeError("missing waitroom-type header")
+    type_name = raw_type.decode("utf-8", "replace")
+    cls = lookup(type_name)
+    if cls is None:
+        raise DecodeError(f"unknown message type {type_name!r}")
+    if value is None:
+        raise DecodeError("empty record value")
+    try:
+        data = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"value is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DecodeError("value is not a JSON object")
+    return from_dict(cls, data)
+
+
+def from_dict(cls: type[Message], data: dict[str, Any]) -> Message:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {name: data[name] for name in known if name in data}
+    try:
+        message = cls(**kwargs)
+    except TypeError as exc:
+        raise DecodeError(f"{cls.TYPE}: {exc}") from exc
+    _check_types(message, known)
+    return message
+
+
+_SIMPLE = {"str": (str,), "float": (int, float), "int": (int,), "bool": (bool,)}
+
+
+def _check_types(message: Message, fields: dict[str, dataclasses.Field[Any]]) -> None:
+    """Reject values of the wrong JSON type, so a poison record fails here, not deep in a handler."""
+    for name, f in fields.items():
+        value = getattr(message, name)
+        annotation = str(f.type).replace(" ", "")
+        optional = annotation.endswith("|None")
+        base = annotation.removesuffix("|None")
+        if value is None:
+            if optional:
+                continue
+            raise DecodeError(f"{message.TYPE}: field {name!r} must not be null")
+        allowed = _SIMPLE.get(base)
+        if allowed is None:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            raise DecodeError(f"{message.TYPE}: field {name!r} must be {base}, got bool")
+        if not isinstance(value, allowed):
+            raise DecodeError(f"{message.TYPE}: field {name!r} must be {base}, got {type(value).__name__}")

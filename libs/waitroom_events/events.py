@@ -1,0 +1,70 @@
+"""Room events: the facts on ``waitroom.room-events``, the source of truth.
+
+Every room's state (sequencer, API read model, stats) is a fold of these over the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from waitroom_events.base import Message, message_type
+
+
+@message_type("waitroom.room.configured.v1")
+@dataclass(frozen=True, slots=True)
+class RoomConfigured(Message):
+    at: float
+    capacity: int
+    heartbeat_timeout_s: float
+    heartbeat_interval_s: float
+    target_url: str | None
+    paused: bool
+
+
+@message_type("waitroom.ticket.issued.v1")
+@dataclass(frozen=True, slots=True)
+class TicketIssued(Message):
+    ticket_id: str
+    queue_no: int
+    at: float
+
+
+@message_type("waitroom.ticket.admitted.v1")
+@dataclass(frozen=True, slots=True)
+class TicketAdmitted(Message):
+    ticket_id: str
+    queue_no: int
+    at: float
+    manual: bool = False
+
+
+@message_type("waitroom.ticket.left.v1")
+@dataclass(frozen=True, slots=True)
+class TicketLeft(Message):
+    ticket_id: str
+    queue_no: int
+    at: float
+    was_admitted: bool
+
+
+@message_type("waitroom.ticket.expired.v1")
+@dataclass(frozen=True, slots=True)
+class TicketExpired(Message):
+    ticket_id: str
+    queue_no: int
+    at: float
+    was_admitted: bool
+    last_heartbeat_at: float | None = None
+
+
+@message_type("waitroom.join.rejected.v1")
+@dataclass(frozen=True, slots=True)
+class JoinRejected(Message):
+    """A join the sequencer refused (the room does not exist), so the waiting API call can answer."""
+
+    ticket_id: str
+    at: float
+    reason: str
+
+
+RoomEvent = RoomConfigured | TicketIssued | TicketAdmitted | TicketLeft | TicketExpired | JoinRejected
