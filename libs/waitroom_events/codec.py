@@ -63,7 +63,9 @@ def decode(value: bytes | None, headers: Headers | None) -> Message:
         raise DecodeError("empty record value")
     try:
         data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON, bad encodings and integers beyond Python's digit limit;
+        # RecursionError, arrays or objects nested too deep. All are poison records.
         raise DecodeError(f"value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise DecodeError("value is not a JSON object")
