@@ -42,7 +42,7 @@ class Fenwick:
 
     def _grow(self, index: int) -> None:
         # Doubling keeps growth amortised O(1) per index; the rebuild is a linear pass.
-        size = self.size
+        size = max(self.size, 1)  # a tree built with size 0 would never grow by doubling
         while size < index:
             size *= 2
         values = self._values + [0] * (size + 1 - len(self._values))
