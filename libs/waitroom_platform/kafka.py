@@ -1,0 +1,135 @@
+"""Kafka clients shared by the services: a publisher of messages, consumers, the dead-letter path.
+
+Messages become records only through the one codec. Trace context is added to every produced
+record by the header hook that telemetry installs (a no-op until then).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, RecordMetadata
+
+from waitroom_events.base import Message
+from waitroom_events.codec import Headers, encode
+from waitroom_events.topics import dlq_name
+from waitroom_platform.settings import KafkaSettings
+
+log = structlog.get_logger()
+
+HEADER_ERROR = "waitroom-error"
+HEADER_SOURCE_TOPIC = "waitroom-source-topic"
+HEADER_SOURCE_PARTITION = "waitroom-source-partition"
+HEADER_SOURCE_OFFSET = "waitroom-source-offset"
+
+#: Returns extra headers for a record being produced (telemetry injects ``traceparent`` here).
+HeaderHook = Callable[[], Iterable[tuple[str, bytes]]]
+_header_hooks: list[HeaderHook] = []
+
+
+def add_header_hook(hook: HeaderHook) -> None:
+    _header_hooks.append(hook)
+
+
+def outgoing_headers(extra: Iterable[tuple[str, bytes]] = ()) -> list[tuple[str, bytes]]:
+    headers = list(extra)
+    for hook in _header_hooks:
+        headers.extend(hook())
+    return headers
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas: a record acknowledged is kept."""
+    options: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "request_timeout_ms": 10_000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**kafka.client_kwargs(), **options)
+
+
+def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        # Waitroom is latency-bound: a fetch returns as soon as anything is there.
+        "fetch_max_wait_ms": 20,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **kafka.client_kwargs(), **options)
+
+
+class Publisher:
+    """Publishes messages through the codec, keyed by room."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+
+    async def publish(
+        self,
+        topic: str,
+        message: Message,
+        *,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes]] = (),
+    ) -> RecordMetadata:
+        record = encode(message, outgoing_headers(headers))
+        return await self.producer.send_and_wait(
+            topic, record.value, key=record.key, partition=partition, headers=record.headers
+        )
+
+    async def send(
+        self,
+        topic: str,
+        message: Message,
+        *,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes]] = (),
+    ) -> Any:
+        """Queue the record and return the delivery future (for batching inside transactions)."""
+        record = encode(message, outgoing_headers(headers))
+        return await self.producer.send(
+            topic, record.value, key=record.key, partition=partition, headers=record.headers
+        )
+
+
+def dead_letter_headers(record: ConsumerRecord[Any, Any], error: BaseException | str) -> list[tuple[str, bytes]]:
+    text = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
+    original: Headers = list(record.headers or ())
+    return [
+        *original,
+        (HEADER_ERROR, text[:2000].encode()),
+        (HEADER_SOURCE_TOPIC, record.topic.encode()),
+        (HEADER_SOURCE_PARTITION, str(record.partition).encode()),
+        (HEADER_SOURCE_OFFSET, str(record.offset).encode()),
+    ]
+
+
+async def send_to_dead_letter(
+    producer: AIOKafkaProducer, record: ConsumerRecord[Any, Any], error: BaseException | str
+) -> Any:
+    """Park a record that cannot be handled on ``<topic>.dlq``, unchanged, with the error in headers.
+
+    Returns the delivery future; the caller awaits it before committing past the record.
+    """
+    log.warning(
+        "record_dead_lettered",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        error=str(error)[:300],
+    )
+    return await producer.send(
+        dlq_name(record.topic),
+        record.value,
+        key=record.key,
+        partition=record.partition,
+        headers=dead_letter_headers(record, error),
+    )

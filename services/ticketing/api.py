@@ -1,0 +1,400 @@
+"""The public and admin HTTP API. Handlers only translate: request -> command -> publish -> view.
+
+Domain and transport errors map to ``{"error": code, "detail": ...}`` in one place (``ApiError``
+and the handlers registered in :func:`create_app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import structlog
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from waitroom_core.room import InvalidCommand, RoomConfig, RoomState, Ticket, TicketState, validate_config
+from waitroom_events.base import Message
+from waitroom_events.commands import AdmitRequested, JoinRequested, LeaveRequested, RoomConfigureRequested
+from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.topics import TopicRegistry
+from waitroom_platform.kafka import Publisher
+from waitroom_ticketing.ratelimit import RateLimiter
+from waitroom_ticketing.read_model import JoinRefused, ReadModel
+from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
+
+log = structlog.get_logger()
+
+ROOM_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+TICKET_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{8,128}$"
+
+RoomId = Annotated[str, Path(pattern=ROOM_ID, description="room id: letters, digits, . _ -; at most 64")]
+TicketId = Annotated[str, Path(pattern=TICKET_ID, description="ticket id (UUID)")]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+
+def _error(status: int, code: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+class RoomConfigBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: StrictInt | None = Field(default=None, ge=0)
+    heartbeat_timeout_s: float | None = Field(default=None, gt=0)
+    heartbeat_interval_s: float | None = Field(default=None, gt=0)
+    target_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    paused: StrictBool | None = None
+
+
+class AdmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    count: StrictInt = Field(default=1, ge=1, le=100_000)
+    above_capacity: StrictBool = False
+
+
+class Services:
+    """What the handlers need, built by the composition root."""
+
+    def __init__(
+        self,
+        *,
+        topics: TopicRegistry,
+        publisher: Publisher,
+        read_model: ReadModel,
+        tickets: TicketTokens,
+        signer: EntryTokenSigner,
+        admin_token: str,
+        limiter: RateLimiter,
+        join_wait_s: float,
+        publish_timeout_s: float,
+        clock: Callable[[], float] = time.time,
+        is_ready: Callable[[], bool] | None = None,
+    ) -> None:
+        self.topics = topics
+        self.publisher = publisher
+        self.read_model = read_model
+        self.tickets = tickets
+        self.signer = signer
+        self.admin_token = admin_token
+        self.limiter = limiter
+        self.join_wait_s = join_wait_s
+        self.publish_timeout_s = publish_timeout_s
+        self.clock = clock
+        self.is_ready = is_ready or (lambda: read_model.ready)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        try:
+            await asyncio.wait_for(self.publisher.publish(topic, message), self.publish_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("publish_failed", topic=topic, error=type(exc).__name__)
+            raise ApiError(503, "log_unavailable", "the event log is unreachable; retry", {"Retry-After": "2"}) from exc
+
+    def require_ready(self) -> None:
+        if not self.is_ready():
+            raise ApiError(503, "starting", "the service is still reading the log; retry", {"Retry-After": "1"})
+
+    # ---------------------------------------------------------------- views
+
+    def ticket_view(self, room: RoomState, ticket: Ticket, *, ticket_token: str | None = None) -> dict[str, Any]:
+        config = room.config or RoomConfig(capacity=0)
+        entry_token = None
+        if ticket.state is TicketState.ADMITTED:
+            entry_token = self.signer.sign(room.room_id, ticket.ticket_id, ticket.queue_no, self.clock())
+        return {
+            "ticket_id": ticket.ticket_id,
+            "room_id": room.room_id,
+            "queue_no": ticket.queue_no,
+            "state": ticket.state.value,
+            "position": room.position(ticket),
+            "estimated_wait_s": None,
+            "heartbeat_interval_s": config.heartbeat_interval_s,
+            "heartbeat_timeout_s": config.heartbeat_timeout_s,
+            "entry_token": entry_token,
+            "ticket_token": ticket_token,
+        }
+
+    @staticmethod
+    def pending_view(room_id: str, ticket_id: str, ticket_token: str | None = None) -> dict[str, Any]:
+        return {"ticket_id": ticket_id, "room_id": room_id, "state": "pending", "ticket_token": ticket_token}
+
+    @staticmethod
+    def room_view(room: RoomState) -> dict[str, Any]:
+        assert room.config is not None
+        return {
+            "room_id": room.room_id,
+            "capacity": room.config.capacity,
+            "active": room.active,
+            "waiting": room.waiting,
+            "last_queue_no": room.last_queue_no,
+            "estimated_wait_s": None,
+            "paused": room.config.paused,
+        }
+
+    def admin_room_view(self, room: RoomState) -> dict[str, Any]:
+        assert room.config is not None
+        return {
+            **self.room_view(room),
+            "heartbeat_timeout_s": room.config.heartbeat_timeout_s,
+            "heartbeat_interval_s": room.config.heartbeat_interval_s,
+            "target_url": room.config.target_url,
+            "tickets_total": len(room.tickets),
+        }
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+Svc = Annotated[Services, Depends(_services)]
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _authorized_ticket(
+    svc: Services, room_id: str, ticket_id: str, authorization: str | None
+) -> tuple[RoomState, Ticket] | None:
+    """The ticket if the caller holds its token; ``None`` while its join is still being sequenced."""
+    token = _bearer(authorization)
+    if token is None:
+        raise ApiError(401, "unauthorized", "this call needs the ticket's token: Authorization: Bearer <ticket_token>")
+    if not svc.tickets.verify(room_id, ticket_id, token):
+        raise ApiError(404, "ticket_not_found", "no such ticket for this token")
+    svc.require_ready()
+    return svc.read_model.ticket(room_id, ticket_id)
+
+
+def _ended(ticket: Ticket) -> ApiError:
+    code = "ticket_expired" if ticket.state is TicketState.EXPIRED else "ticket_left"
+    return ApiError(410, code, f"the ticket is {ticket.state.value}; join again to get a new one")
+
+
+def _require_admin(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = _bearer(authorization)
+    if token is None:
+        raise ApiError(401, "unauthorized", "admin calls need Authorization: Bearer <admin token>")
+    if not hmac.compare_digest(token.encode(), svc.admin_token.encode()):
+        raise ApiError(403, "forbidden", "the admin token is not valid")
+
+
+public = APIRouter(tags=["visitors"])
+admin = APIRouter(prefix="/v1/admin", tags=["operators"], dependencies=[Depends(_require_admin)])
+
+
+@public.post("/v1/rooms/{room_id}/tickets", status_code=201)
+async def join(
+    room_id: RoomId,
+    request: Request,
+    svc: Svc,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY)] = None,
+) -> Response:
+    client = request.client.host if request.client else "unknown"
+    retry_after = svc.limiter.acquire(client, time.monotonic())
+    if retry_after > 0:
+        raise ApiError(
+            429, "rate_limited", "too many joins from this client", {"Retry-After": str(int(retry_after) + 1)}
+        )
+    svc.require_ready()
+    room = svc.read_model.room(room_id)
+    if room is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    ticket_id = svc.tickets.ticket_id_for_key(room_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
+    ticket_token = svc.tickets.token_for(room_id, ticket_id)
+    existing = room.tickets.get(ticket_id)
+    if existing is not None:
+        return JSONResponse(svc.ticket_view(room, existing, ticket_token=ticket_token), status_code=200)
+    await svc.publish(
+        svc.topics.commands.name,
+        JoinRequested(room_id=room_id, ticket_id=ticket_id, requested_at=svc.clock(), idempotency_key=idempotency_key),
+    )
+    try:
+        ticket = await svc.read_model.wait_for_ticket(room_id, ticket_id, svc.join_wait_s)
+    except JoinRefused as exc:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r} ({exc.reason})") from exc
+    location = {"Location": f"/v1/rooms/{room_id}/tickets/{ticket_id}"}
+    if ticket is None:
+        return JSONResponse(svc.pending_view(room_id, ticket_id, ticket_token), status_code=202, headers=location)
+    return JSONResponse(svc.ticket_view(room, ticket, ticket_token=ticket_token), status_code=201, headers=location)
+
+
+@public.get("/v1/rooms/{room_id}/tickets/{ticket_id}")
+async def ticket_status(
+    room_id: RoomId, ticket_id: TicketId, svc: Svc, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    found = _authorized_ticket(svc, room_id, ticket_id, authorization)
+    if found is None:
+        return JSONResponse(svc.pending_view(room_id, ticket_id), status_code=202, headers={"Retry-After": "1"})
+    room, ticket = found
+    if not ticket.state.live:
+        raise _ended(ticket)
+    return JSONResponse(svc.ticket_view(room, ticket))
+
+
+@public.post("/v1/rooms/{room_id}/tickets/{ticket_id}/heartbeat")
+async def heartbeat(
+    room_id: RoomId, ticket_id: TicketId, svc: Svc, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    found = _authorized_ticket(svc, room_id, ticket_id, authorization)
+    if found is not None and not found[1].state.live:
+        raise _ended(found[1])
+    await svc.publish(svc.topics.heartbeats.name, Heartbeat(room_id=room_id, ticket_id=ticket_id, at=svc.clock()))
+    if found is None:
+        return JSONResponse(svc.pending_view(room_id, ticket_id), status_code=202, headers={"Retry-After": "1"})
+    room, ticket = found
+    return JSONResponse(svc.ticket_view(room, ticket))
+
+
+@public.delete("/v1/rooms/{room_id}/tickets/{ticket_id}", status_code=204)
+async def leave(
+    room_id: RoomId, ticket_id: TicketId, svc: Svc, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    found = _authorized_ticket(svc, room_id, ticket_id, authorization)
+    if found is None or found[1].state.live:
+        await svc.publish(
+            svc.topics.commands.name, LeaveRequested(room_id=room_id, ticket_id=ticket_id, requested_at=svc.clock())
+        )
+    return Response(status_code=204)
+
+
+@public.get("/v1/rooms/{room_id}")
+async def room_status(room_id: RoomId, svc: Svc) -> dict[str, Any]:
+    svc.require_ready()
+    room = svc.read_model.room(room_id)
+    if room is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    return svc.room_view(room)
+
+
+@public.get("/.well-known/jwks.json")
+async def jwks(svc: Svc) -> Response:
+    return JSONResponse(svc.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+@admin.put("/rooms/{room_id}")
+async def configure_room(room_id: RoomId, svc: Svc, body: Annotated[RoomConfigBody, Body()]) -> Response:
+    svc.require_ready()
+    room = svc.read_model.room(room_id)
+    current = room.config if room is not None else None
+    if current is None and body.capacity is None:
+        raise ApiError(422, "invalid_config", "a new room needs a capacity")
+    base = current or RoomConfig(capacity=body.capacity or 0)
+    wanted = RoomConfig(
+        capacity=base.capacity if body.capacity is None else body.capacity,
+        heartbeat_timeout_s=base.heartbeat_timeout_s if body.heartbeat_timeout_s is None else body.heartbeat_timeout_s,
+        heartbeat_interval_s=base.heartbeat_interval_s
+        if body.heartbeat_interval_s is None
+        else body.heartbeat_interval_s,
+        target_url=base.target_url if body.target_url is None else body.target_url,
+        paused=base.paused if body.paused is None else body.paused,
+    )
+    try:
+        validate_config(wanted)
+    except InvalidCommand as exc:
+        raise ApiError(422, "invalid_config", str(exc)) from exc
+    await svc.publish(
+        svc.topics.commands.name,
+        RoomConfigureRequested(room_id=room_id, requested_at=svc.clock(), **body.model_dump()),
+    )
+
+    def landed() -> bool:
+        landed_room = svc.read_model.room(room_id)
+        return landed_room is not None and landed_room.config == wanted
+
+    if not await svc.read_model.wait_until(landed, svc.join_wait_s):
+        return JSONResponse({"room_id": room_id, "state": "pending"}, status_code=202)
+    configured = svc.read_model.room(room_id)
+    assert configured is not None
+    return JSONResponse(svc.admin_room_view(configured), status_code=200 if current is not None else 201)
+
+
+@admin.get("/rooms")
+async def list_rooms(svc: Svc) -> dict[str, Any]:
+    svc.require_ready()
+    rooms = sorted((r for r in svc.read_model.rooms.values() if r.exists), key=lambda r: r.room_id)
+    return {"rooms": [svc.admin_room_view(r) for r in rooms]}
+
+
+@admin.get("/rooms/{room_id}")
+async def get_room(room_id: RoomId, svc: Svc) -> dict[str, Any]:
+    svc.require_ready()
+    room = svc.read_model.room(room_id)
+    if room is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    return svc.admin_room_view(room)
+
+
+@admin.post("/rooms/{room_id}/admit", status_code=202)
+async def admit(room_id: RoomId, svc: Svc, body: Annotated[AdmitBody, Body()] = AdmitBody()) -> dict[str, Any]:  # noqa: B008
+    svc.require_ready()
+    if svc.read_model.room(room_id) is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    await svc.publish(
+        svc.topics.commands.name,
+        AdmitRequested(room_id=room_id, requested_at=svc.clock(), count=body.count, above_capacity=body.above_capacity),
+    )
+    return {"room_id": room_id, "count": body.count, "above_capacity": body.above_capacity, "state": "accepted"}
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="waitroom", version="1", docs_url="/docs", redoc_url=None)
+    app.state.services = services
+    app.include_router(public)
+    app.include_router(admin)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        ready = services.is_ready()
+        return JSONResponse({"ready": ready, **services.read_model.describe()}, status_code=200 if ready else 503)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
+        return _error(422, "invalid_request", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, exc.detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", error=type(exc).__name__)
+        return _error(500, "internal_error", "unexpected error; it has been logged")
+
+    return app

@@ -1,0 +1,131 @@
+"""The API's read model: every room, folded from ``room-events`` with the core's ``evolve``.
+
+Every API replica tails every partition, so any replica answers for any room. Join calls wait here
+for their ticket to be issued (read-your-writes), and admin calls for their configuration to land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from waitroom_core.room import RoomState, Ticket, evolve
+from waitroom_events.codec import DecodeError, decode
+from waitroom_events.events import JoinRejected, RoomConfigured, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
+from waitroom_platform.settings import KafkaSettings
+from waitroom_platform.tail import Record, TopicTail
+
+log = structlog.get_logger()
+
+ROOM_EVENTS = (RoomConfigured, TicketIssued, TicketAdmitted, TicketLeft, TicketExpired)
+
+
+class JoinRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReadModel:
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self.rooms: dict[str, RoomState] = {}
+        self._tail = TopicTail(kafka, topic, self.apply_records)
+        self._ticket_waiters: dict[str, list[asyncio.Future[Ticket]]] = {}
+        self._changed = asyncio.Condition()
+        self.events_applied = 0
+
+    async def start(self) -> None:
+        await self._tail.start()
+
+    async def stop(self) -> None:
+        await self._tail.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self._tail.caught_up.is_set() and self._tail.failed is None
+
+    async def wait_ready(self, timeout: float) -> None:
+        await asyncio.wait_for(self._tail.caught_up.wait(), timeout)
+
+    def apply_records(self, records: Sequence[Record]) -> None:
+        for record in records:
+            try:
+                event = decode(record.value, record.headers)
+            except DecodeError as exc:
+                log.error("room_event_undecodable", offset=record.offset, error=str(exc))
+                continue
+            if isinstance(event, JoinRejected):
+                self._resolve(event.ticket_id, error=JoinRefused(event.reason))
+                continue
+            if not isinstance(event, ROOM_EVENTS):
+                continue
+            room = self.rooms.get(event.room_id)
+            if room is None:
+                room = self.rooms[event.room_id] = RoomState(event.room_id)
+            evolve(room, event)
+            self.events_applied += 1
+            if isinstance(event, TicketIssued):
+                self._resolve(event.ticket_id, ticket=room.tickets.get(event.ticket_id))
+        if records:
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _resolve(self, ticket_id: str, *, ticket: Ticket | None = None, error: Exception | None = None) -> None:
+        for future in self._ticket_waiters.pop(ticket_id, []):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            elif ticket is not None:
+                future.set_result(ticket)
+
+    # ---------------------------------------------------------------- queries
+
+    def room(self, room_id: str) -> RoomState | None:
+        room = self.rooms.get(room_id)
+        return room if room is not None and room.exists else None
+
+    def ticket(self, room_id: str, ticket_id: str) -> tuple[RoomState, Ticket] | None:
+        room = self.room(room_id)
+        if room is None:
+            return None
+        ticket = room.tickets.get(ticket_id)
+        return None if ticket is None else (room, ticket)
+
+    async def wait_for_ticket(self, room_id: str, ticket_id: str, timeout: float) -> Ticket | None:
+        """The ticket once issued, or ``None`` after ``timeout``. Raises JoinRefused if rejected."""
+        found = self.ticket(room_id, ticket_id)
+        if found is not None:
+            return found[1]
+        future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        self._ticket_waiters.setdefault(ticket_id, []).append(future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._ticket_waiters.get(ticket_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._ticket_waiters[ticket_id]
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(predicate)
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            return predicate()
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"rooms": len(self.rooms), "events_applied": self.events_applied, "ready": self.ready}

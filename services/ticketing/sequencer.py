@@ -1,0 +1,293 @@
+"""The sequencer: the single writer of every room in the partitions it owns.
+
+It consumes ``waitroom.commands`` in a consumer group. For a partition it is assigned it first
+fences any previous owner (a transactional producer with a per-partition id), rebuilds the rooms of
+that partition by replaying ``room-events`` (read_committed), and resumes the commands exactly after
+the last one applied. Each event it appends carries the offset of the command that caused it (the
+``waitroom-source-offset`` header), so recovery needs nothing but the log: a crash at any moment
+applies no command twice and loses none that was acknowledged.
+
+Events go to the same partition number of ``room-events`` as their command: the topics are
+co-partitioned, and so partition ``p`` of the log has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from waitroom_core.room import InvalidCommand, RoomState, decide, evolve
+from waitroom_events.codec import DecodeError, decode, header
+from waitroom_events.commands import (
+    AdmitRequested,
+    ExpireRequested,
+    JoinRequested,
+    LeaveRequested,
+    RoomConfigureRequested,
+)
+from waitroom_events.events import (
+    JoinRejected,
+    RoomConfigured,
+    TicketAdmitted,
+    TicketExpired,
+    TicketIssued,
+    TicketLeft,
+)
+from waitroom_events.topics import TopicRegistry
+from waitroom_platform.kafka import (
+    HEADER_SOURCE_OFFSET,
+    Publisher,
+    make_consumer,
+    make_producer,
+    send_to_dead_letter,
+)
+from waitroom_platform.settings import KafkaSettings
+
+log = structlog.get_logger()
+
+COMMAND_TYPES = (JoinRequested, LeaveRequested, ExpireRequested, RoomConfigureRequested, AdmitRequested)
+EVENT_TYPES = (RoomConfigured, TicketIssued, TicketAdmitted, TicketLeft, TicketExpired, JoinRejected)
+
+
+@dataclass
+class OwnedPartition:
+    partition: int
+    producer: AIOKafkaProducer
+    rooms: dict[str, RoomState] = field(default_factory=dict)
+    next_offset: int = 0
+    events_replayed: int = 0
+
+
+@dataclass(frozen=True)
+class SequencerOptions:
+    group_id: str
+    transactional: bool = True
+    max_batch: int = 500
+
+
+class Sequencer:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: TopicRegistry,
+        options: SequencerOptions,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._kafka = kafka
+        self._topics = topics
+        self._options = options
+        self._clock = clock
+        self._owned: dict[int, OwnedPartition] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._plain_producer: AIOKafkaProducer | None = None
+        self.ready = asyncio.Event()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        consumer = make_consumer(
+            self._kafka,
+            group_id=self._options.group_id,
+            fetch_max_wait_ms=5,
+            max_poll_records=self._options.max_batch,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            rebalance_timeout_ms=30_000,
+        )
+        self._consumer = consumer
+        if not self._options.transactional:
+            self._plain_producer = make_producer(self._kafka)
+            await self._plain_producer.start()
+        await consumer.start()
+        consumer.subscribe([self._topics.commands.name], listener=_Rebalance(self))
+        log.info("sequencer_started", group=self._options.group_id, transactional=self._options.transactional)
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=self._options.max_batch)
+                if not self.ready.is_set() and consumer.assignment() is not None:
+                    self.ready.set()
+                for tp, records in batches.items():
+                    async with self._lock:
+                        owned = self._owned.get(tp.partition)
+                        if owned is None:
+                            continue  # revoked while the batch was in flight
+                        await self._apply_batch(owned, tp, records)
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        async with self._lock:
+            for owned in self._owned.values():
+                await owned.producer.stop()
+            self._owned.clear()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._plain_producer is not None:
+            await self._plain_producer.stop()
+
+    # ---------------------------------------------------------------- ownership
+
+    async def assign(self, partitions: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in sorted(partitions, key=lambda t: t.partition):
+                if tp.partition not in self._owned:
+                    await self._take_ownership(tp)
+
+    async def revoke(self, partitions: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in partitions:
+                owned = self._owned.pop(tp.partition, None)
+                if owned is not None and owned.producer is not self._plain_producer:
+                    await owned.producer.stop()
+                log.info("partition_released", partition=tp.partition)
+
+    async def _take_ownership(self, tp: TopicPartition) -> None:
+        started = time.monotonic()
+        if self._options.transactional:
+            # Starting a producer with this transactional id fences every earlier owner of the
+            # partition and aborts its open transaction, before we read the log it wrote.
+            producer = make_producer(
+                self._kafka, transactional_id=f"{self._topics.commands.name}.sequencer-{tp.partition}", linger_ms=0
+            )
+            await producer.start()
+        else:
+            assert self._plain_producer is not None
+            producer = self._plain_producer
+        owned = OwnedPartition(partition=tp.partition, producer=producer)
+        await self._rebuild(owned)
+        committed = await self._committed(tp)
+        owned.next_offset = max(owned.next_offset, committed)
+        assert self._consumer is not None
+        self._consumer.seek(tp, owned.next_offset)
+        self._owned[tp.partition] = owned
+        log.info(
+            "partition_owned",
+            partition=tp.partition,
+            rooms=len(owned.rooms),
+            events_replayed=owned.events_replayed,
+            resume_offset=owned.next_offset,
+            recovery_s=round(time.monotonic() - started, 3),
+        )
+
+    async def _committed(self, tp: TopicPartition) -> int:
+        assert self._consumer is not None
+        try:
+            offset = await self._consumer.committed(tp)
+        except Exception:  # noqa: BLE001 - the log is authoritative; the commit is only a hint
+            return 0
+        return offset or 0
+
+    async def _rebuild(self, owned: OwnedPartition) -> None:
+        """Replay the partition's room-events: the rooms' state and the next command to apply."""
+        events_tp = TopicPartition(self._topics.room_events.name, owned.partition)
+        reader = make_consumer(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
+        await reader.start()
+        try:
+            reader.assign([events_tp])
+            await reader.seek_to_beginning(events_tp)
+            end = (await reader.end_offsets([events_tp]))[events_tp]
+            while await reader.position(events_tp) < end:
+                batch = await reader.getmany(events_tp, timeout_ms=500, max_records=5000)
+                for record in batch.get(events_tp, []):
+                    self._replay(owned, record)
+        finally:
+            await reader.stop()
+
+    def _replay(self, owned: OwnedPartition, record: ConsumerRecord[Any, Any]) -> None:
+        try:
+            event = decode(record.value, record.headers)
+        except DecodeError as exc:
+            log.error("room_event_undecodable", partition=record.partition, offset=record.offset, error=str(exc))
+            return
+        if isinstance(event, EVENT_TYPES) and not isinstance(event, JoinRejected):
+            room = owned.rooms.get(event.room_id)
+            if room is None:
+                room = owned.rooms[event.room_id] = RoomState(event.room_id)
+            evolve(room, event)
+            owned.events_replayed += 1
+        source = header(record.headers, HEADER_SOURCE_OFFSET)
+        if source is not None:
+            owned.next_offset = max(owned.next_offset, int(source) + 1)
+
+    # ---------------------------------------------------------------- applying commands
+
+    async def _apply_batch(
+        self, owned: OwnedPartition, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
+    ) -> None:
+        records = [r for r in records if r.offset >= owned.next_offset]
+        if not records:
+            return
+        try:
+            if self._options.transactional:
+                async with owned.producer.transaction():
+                    await self._decide_and_append(owned, records)
+                    await owned.producer.send_offsets_to_transaction(
+                        {tp: OffsetAndMetadata(owned.next_offset, "")}, self._options.group_id
+                    )
+            else:
+                await self._decide_and_append(owned, records)
+                assert self._consumer is not None
+                await self._consumer.commit({tp: owned.next_offset})
+        except Exception:
+            # The in-memory rooms may be ahead of what the log kept: rebuild them from the log.
+            log.exception("sequencer_batch_failed", partition=owned.partition)
+            self._owned.pop(owned.partition, None)
+            if owned.producer is not self._plain_producer:
+                await owned.producer.stop()
+            await self._take_ownership(tp)
+
+    async def _decide_and_append(self, owned: OwnedPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+        producer = owned.producer
+        publisher = Publisher(producer)
+        deliveries = []
+        now = self._clock()
+        for record in records:
+            try:
+                command = decode(record.value, record.headers)
+                if not isinstance(command, COMMAND_TYPES):
+                    raise DecodeError(f"{command.TYPE} is not a command")
+                room = owned.rooms.get(command.room_id)
+                if room is None:
+                    room = RoomState(command.room_id)
+                events = decide(room, command, now)
+            except (DecodeError, InvalidCommand) as exc:
+                deliveries.append(await send_to_dead_letter(producer, record, exc))
+                owned.next_offset = record.offset + 1
+                continue
+            source = [(HEADER_SOURCE_OFFSET, str(record.offset).encode())]
+            for event in events:
+                evolve(room, event)
+                deliveries.append(
+                    await publisher.send(
+                        self._topics.room_events.name,
+                        event,
+                        partition=owned.partition,
+                        headers=source,
+                    )
+                )
+            if room.exists:
+                owned.rooms.setdefault(command.room_id, room)
+            owned.next_offset = record.offset + 1
+            if events:
+                log.debug("command_applied", room_id=command.room_id, type=command.TYPE, events=len(events))
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, sequencer: Sequencer) -> None:
+        self._sequencer = sequencer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._sequencer.revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._sequencer.assign(assigned)

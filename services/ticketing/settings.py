@@ -1,0 +1,51 @@
+"""Ticketing settings: ``WAITROOM_TICKETING_*`` plus the shared ``WAITROOM_*`` and ``KAFKA_*`` blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from waitroom_platform.settings import CommonSettings, KafkaSettings, require_secret
+
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - refused outside development
+DEV_TICKET_SECRET = "dev-ticket-secret-not-for-production"  # noqa: S105 - refused outside development
+
+
+class TicketingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WAITROOM_TICKETING_", extra="ignore")
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    role: Literal["all", "api", "sequencer"] = "all"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    admin_token: SecretStr | None = None
+    ticket_secret: SecretStr | None = None
+    jwt_keys_dir: Path | None = None
+    jwt_active_kid: str | None = None
+    jwt_issuer: str = "waitroom"
+    entry_token_ttl_s: int = Field(default=60, ge=5, le=3600)
+
+    join_wait_s: float = Field(default=2.0, ge=0.0, le=30.0)
+    publish_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    join_rate_per_ip: float = Field(default=5.0, ge=0.0)
+    join_burst: int = Field(default=20, ge=1)
+    sequencer_group: str | None = None
+    transactions: bool = True
+
+    @model_validator(mode="after")
+    def _secrets(self) -> TicketingSettings:
+        self.admin_token = require_secret(self.admin_token, DEV_ADMIN_TOKEN, "admin_token", self.common)
+        self.ticket_secret = require_secret(self.ticket_secret, DEV_TICKET_SECRET, "ticket_secret", self.common)
+        if self.jwt_keys_dir is None and not self.common.is_development:
+            raise ValueError("jwt_keys_dir must be set outside development")
+        return self
+
+    @property
+    def group_id(self) -> str:
+        return self.sequencer_group or f"{self.common.topic_prefix}.sequencer"
