@@ -66,6 +66,23 @@ def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> AIOKa
     return AIOKafkaConsumer(*topics, **kafka.client_kwargs(), **options)
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 5.0) -> list[int]:
+    """The partition numbers of ``topic``, loading its metadata first; [] if it does not exist."""
+    import asyncio
+
+    client = consumer._client  # aiokafka offers no public metadata refresh for manual assignment
+    client.add_topic(topic)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions or loop.time() > deadline:
+            return sorted(partitions or ())
+        await client.force_metadata_update()
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(0.1)
+
+
 class Publisher:
     """Publishes messages through the codec, keyed by room."""
 

@@ -15,7 +15,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from waitroom_platform.kafka import make_consumer
+from waitroom_platform.kafka import make_consumer, partitions_of
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
@@ -48,17 +48,11 @@ class TopicTail:
         consumer = make_consumer(self._kafka, fetch_max_wait_ms=10, max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         self._consumer = consumer
-        partitions = consumer.partitions_for_topic(self.topic)
-        for _ in range(50):
-            if partitions:
-                break
-            await asyncio.sleep(0.1)
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self.topic)
+        partitions = await partitions_of(consumer, self.topic)
         if not partitions:
             await consumer.stop()
             raise RuntimeError(f"topic {self.topic!r} does not exist; create the topics first")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(tps)
         if self._from_beginning:
             await consumer.seek_to_beginning(*tps)

@@ -72,6 +72,7 @@ async def run(settings: TicketingSettings) -> None:
             limiter=RateLimiter(settings.join_rate_per_ip, settings.join_burst),
             join_wait_s=settings.join_wait_s,
             publish_timeout_s=settings.publish_timeout_s,
+            is_ready=lambda: read_model.ready and (sequencer is None or sequencer.ready.is_set()),
         )
         config = uvicorn.Config(
             create_app(services),
@@ -80,6 +81,10 @@ async def run(settings: TicketingSettings) -> None:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            # Longer than the idle timeout of common load balancers (60 s), so the server never
+            # closes a kept-alive connection that a client or proxy is about to reuse.
+            timeout_keep_alive=settings.keepalive_s,
+            backlog=4096,
         )
         server = uvicorn.Server(config)
         # uvicorn would take over SIGTERM/SIGINT; ours stop every part together, in order.

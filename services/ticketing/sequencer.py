@@ -112,8 +112,6 @@ class Sequencer:
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self._options.max_batch)
-                if not self.ready.is_set() and consumer.assignment() is not None:
-                    self.ready.set()
                 for tp, records in batches.items():
                     async with self._lock:
                         owned = self._owned.get(tp.partition)
@@ -140,6 +138,7 @@ class Sequencer:
             for tp in sorted(partitions, key=lambda t: t.partition):
                 if tp.partition not in self._owned:
                     await self._take_ownership(tp)
+        self.ready.set()  # joined the group (possibly with no partition: more members than partitions)
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         async with self._lock:

@@ -23,6 +23,7 @@ class TicketingSettings(BaseSettings):
     role: Literal["all", "api", "sequencer"] = "all"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    keepalive_s: int = Field(default=75, ge=1, le=3600)
 
     admin_token: SecretStr | None = None
     ticket_secret: SecretStr | None = None

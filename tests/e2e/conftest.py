@@ -1,0 +1,97 @@
+"""End-to-end fixtures: the services run as real processes against the session's Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.http import ADMIN_TOKEN
+
+from waitroom_events.topics import TopicRegistry
+from waitroom_platform.procs import ServiceProcess, free_port
+from waitroom_ticketing.tokens import write_private_key
+
+TICKET_SECRET = "e2e-ticket-secret-0123456789abcdef"
+
+
+def prefix_of(topics: TopicRegistry) -> str:
+    return topics.commands.name.removesuffix(".commands")
+
+
+def service_env(kafka_bootstrap: str, topics: TopicRegistry, **extra: str) -> dict[str, str]:
+    """The environment every service of one test shares: the broker, the topics, log format."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "WAITROOM_TOPIC_PREFIX": prefix_of(topics),
+        "WAITROOM_ROOM_PARTITIONS": str(topics.commands.partitions),
+        "WAITROOM_LOG_FORMAT": "json",
+        "WAITROOM_LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+class TicketingProcess(ServiceProcess):
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['WAITROOM_TICKETING_PORT']}"
+
+
+class TicketingLauncher:
+    """Starts ticketing processes (API + sequencer each) and stops every one it started."""
+
+    def __init__(self, kafka_bootstrap: str, log_dir: Path, keys_dir: Path) -> None:
+        self._bootstrap = kafka_bootstrap
+        self._log_dir = log_dir
+        self._keys_dir = keys_dir
+        self.started: list[TicketingProcess] = []
+
+    def __call__(self, topics: TopicRegistry, n: int = 1, **extra: str) -> list[TicketingProcess]:
+        procs = []
+        for _ in range(n):
+            index = len(self.started)
+            env = service_env(
+                self._bootstrap,
+                topics,
+                WAITROOM_TICKETING_PORT=str(free_port()),
+                WAITROOM_TICKETING_ADMIN_TOKEN=ADMIN_TOKEN,
+                WAITROOM_TICKETING_TICKET_SECRET=TICKET_SECRET,
+                WAITROOM_TICKETING_JWT_KEYS_DIR=str(self._keys_dir),
+                WAITROOM_TICKETING_JOIN_RATE_PER_IP="0",
+                WAITROOM_TICKETING_JOIN_WAIT_S="10",
+                **extra,
+            )
+            log = self._log_dir / f"ticketing-{index}.log"
+            proc = TicketingProcess(f"ticketing-{index}", "waitroom_ticketing", env, log)
+            proc.ready_url = proc.url + "/readyz"
+            self.started.append(proc.start())
+            procs.append(proc)
+        for proc in procs:
+            proc.wait_ready(90)
+        return procs
+
+    def restart(self, proc: TicketingProcess) -> TicketingProcess:
+        """The same service again, same port and settings: a supervisor's restart after a crash."""
+        again = TicketingProcess(proc.name, proc.module, proc.env, proc.log_path, proc.ready_url)
+        self.started.append(again.start())
+        again.wait_ready(90)
+        return again
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            proc.stop()
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "jwt-keys"
+    path.mkdir()
+    write_private_key(path / "2026-11-01.pem")
+    return path
+
+
+@pytest.fixture
+def launch_ticketing(kafka_bootstrap: str, tmp_path: Path, keys_dir: Path) -> Iterator[TicketingLauncher]:
+    launcher = TicketingLauncher(kafka_bootstrap, tmp_path, keys_dir)
+    yield launcher
+    launcher.stop_all()
