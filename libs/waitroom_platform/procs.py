@@ -47,9 +47,11 @@ class ServiceProcess:
         env: Mapping[str, str],
         log_path: Path,
         ready_url: str | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.module = module
+        self.args = args
         self.env = dict(env)
         self.log_path = log_path
         self.ready_url = ready_url
@@ -59,7 +61,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [sys.executable, "-m", self.module, *self.args],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,

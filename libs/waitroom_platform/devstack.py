@@ -1,0 +1,258 @@
+"""The dev command: the whole waitroom on one machine, ``waitroom-dev`` (or ``python -m waitroom_platform.devstack``).
+
+Starts Apache Kafka (embedded, unless ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster), creates the
+topics, starts every service as a child process, creates a demo room and prints the URLs. Data
+(Kafka's log, signing keys, service logs) stays in ``--data-dir`` between runs. Ctrl-C stops
+everything in order; a service that crashes is restarted. Children die with this process even
+after ``kill -9`` (PR_SET_PDEATHSIG), so nothing is left behind.
+
+Services are listed in :data:`SERVICES`; each entry says how to run it and what environment it gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from waitroom_platform.admin import ensure_topics, wait_for_broker
+from waitroom_platform.broker import EmbeddedKafka
+from waitroom_platform.procs import ServiceProcess, free_port
+
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - the development default, refused outside development
+
+
+@dataclass
+class DevContext:
+    """What the stack has decided, handed to every service entry."""
+
+    data_dir: Path
+    bootstrap: str
+    prefix: str
+    partitions: int
+    api_port: int
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def port(self, name: str) -> int:
+        """A port for ``name``, free at first use and then kept for the life of the stack."""
+        if name not in self.ports:
+            self.ports[name] = free_port()
+        return self.ports[name]
+
+    def base_env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "WAITROOM_ENV": "development",
+            "WAITROOM_TOPIC_PREFIX": self.prefix,
+            "WAITROOM_ROOM_PARTITIONS": str(self.partitions),
+            "WAITROOM_LOG_FORMAT": "json",
+        }
+
+
+@dataclass(frozen=True)
+class DevService:
+    name: str
+    module: str
+    env: Callable[[DevContext], dict[str, str]]
+    #: path answered with 200 once the service is ready (on ``port_of(ctx)``), or None
+    ready_path: str | None = None
+    port_of: Callable[[DevContext], int] | None = None
+    args: Callable[[DevContext], tuple[str, ...]] = lambda ctx: ()
+    #: shown to the person running the stack
+    urls: Callable[[DevContext], dict[str, str]] = lambda ctx: {}
+
+
+def _ticketing_env(ctx: DevContext) -> dict[str, str]:
+    keys = ctx.data_dir / "jwt-keys"
+    return {
+        "WAITROOM_TICKETING_PORT": str(ctx.api_port),
+        "WAITROOM_TICKETING_JWT_KEYS_DIR": str(keys),
+    }
+
+
+def _ticketing_urls(ctx: DevContext) -> dict[str, str]:
+    base = f"http://127.0.0.1:{ctx.api_port}"
+    return {
+        "API": base,
+        "API docs (OpenAPI)": f"{base}/docs",
+        "demo room status": f"{base}/v1/rooms/demo",
+        "JWKS": f"{base}/.well-known/jwks.json",
+    }
+
+
+SERVICES: list[DevService] = [
+    DevService(
+        name="ticketing",
+        module="waitroom_ticketing",
+        env=_ticketing_env,
+        ready_path="/readyz",
+        port_of=lambda ctx: ctx.api_port,
+        urls=_ticketing_urls,
+    ),
+]
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def ensure_signing_key(keys_dir: Path) -> None:
+    """One RSA key for entry tokens, made once, so tokens stay valid across restarts of the stack."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    if any(keys_dir.glob("*.pem")):
+        return
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = keys_dir / f"dev-{time.strftime('%Y%m%d')}.pem"
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+def _http_json(method: str, url: str, body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback URL
+    request.add_header("Authorization", f"Bearer {DEV_ADMIN_TOKEN}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback URL
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class Stack:
+    def __init__(self, ctx: DevContext, services: list[DevService]) -> None:
+        self.ctx = ctx
+        self.services = services
+        self.procs: dict[str, ServiceProcess] = {}
+        self.restarts: dict[str, int] = {}
+
+    def _process(self, service: DevService) -> ServiceProcess:
+        ctx = self.ctx
+        ready_url = None
+        if service.ready_path is not None and service.port_of is not None:
+            ready_url = f"http://127.0.0.1:{service.port_of(ctx)}{service.ready_path}"
+        return ServiceProcess(
+            service.name,
+            service.module,
+            {**ctx.base_env(), **service.env(ctx)},
+            ctx.data_dir / "logs" / f"{service.name}.log",
+            ready_url=ready_url,
+            args=service.args(ctx),
+        )
+
+    def start(self) -> None:
+        for service in self.services:
+            _say(f"  starting {service.name} ...")
+            proc = self._process(service).start()
+            self.procs[service.name] = proc
+        for service in self.services:
+            self.procs[service.name].wait_ready(120)
+            _say(f"  {service.name} ready (pid {self.procs[service.name].pid})")
+
+    def supervise_once(self) -> None:
+        """Restart any service that died (a crash-only design: state comes back from the log)."""
+        for service in self.services:
+            proc = self.procs[service.name]
+            if proc.alive():
+                continue
+            count = self.restarts.get(service.name, 0) + 1
+            self.restarts[service.name] = count
+            _say(f"  {service.name} exited with {proc.returncode()}; restarting (#{count}); log: {proc.log_path}")
+            time.sleep(min(10.0, 0.5 * 2 ** min(count, 5)))
+            self.procs[service.name] = self._process(service).start()
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            proc = self.procs.get(service.name)
+            if proc is not None:
+                proc.stop()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="waitroom-dev", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("WAITROOM_DEV_DATA_DIR", "var/dev")))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("WAITROOM_DEV_PORT", "8000")))
+    parser.add_argument("--partitions", type=int, default=12, help="partitions of each room topic")
+    parser.add_argument("--prefix", default="waitroom", help="topic name prefix")
+    parser.add_argument("--demo-capacity", type=int, default=5, help="capacity of the demo room")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    broker: EmbeddedKafka | None = None
+    stack: Stack | None = None
+    try:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if bootstrap:
+            _say(f"waitroom: using the Kafka cluster at {bootstrap}")
+            asyncio.run(wait_for_broker(bootstrap, timeout_s=60))
+        else:
+            _say(f"waitroom: starting Apache Kafka (embedded) with data in {data_dir / 'kafka'}")
+            broker = EmbeddedKafka(data_dir / "kafka")
+            bootstrap = broker.start()
+        from waitroom_events.topics import topic_registry
+
+        asyncio.run(ensure_topics(bootstrap, topic_registry(args.prefix, args.partitions).all()))
+        ensure_signing_key(data_dir / "jwt-keys")
+        ctx = DevContext(data_dir, bootstrap, args.prefix, args.partitions, args.port)
+        stack = Stack(ctx, SERVICES)
+        stack.start()
+        status, _ = _http_json(
+            "PUT", f"http://127.0.0.1:{args.port}/v1/admin/rooms/demo", {"capacity": args.demo_capacity}
+        )
+        _say(f"  demo room: HTTP {status}")
+        _say("")
+        _say("waitroom is running:")
+        _say(f"  Kafka bootstrap         {bootstrap}")
+        for service in SERVICES:
+            for label, url in service.urls(ctx).items():
+                _say(f"  {label:<23} {url}")
+        _say(f"  admin token             {DEV_ADMIN_TOKEN} (development only)")
+        _say(f"  logs                    {data_dir / 'logs'}")
+        _say("Press Ctrl-C to stop.")
+        _say("WAITROOM READY")
+        while True:
+            time.sleep(0.5)
+            stack.supervise_once()
+    except KeyboardInterrupt:
+        _say("\nwaitroom: stopping ...")
+    finally:
+        # A second Ctrl-C must not cut the ordered shutdown short; every step has its own timeout.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if stack is not None:
+            stack.stop()
+        if broker is not None:
+            broker.stop()
+    _say("waitroom: stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
