@@ -1,0 +1,34 @@
+# The two commands of the README: `make dev` runs the whole system, `make test` the whole suite.
+# Both install what they need first (Python packages; Kafka's jars are fetched on first use into
+# ~/.cache/waitroom, outside the clone).
+
+PYTHON ?= python3
+STAMP := .cache/installed.stamp
+
+.PHONY: dev test lint unit install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v java >/dev/null || { echo "waitroom needs Java 17+ for the embedded Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "waitroom needs Maven to fetch Kafka's jars (apt-get install maven)"; exit 1; }
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@mkdir -p .cache && touch $(STAMP)
+
+dev: install
+	$(PYTHON) -m waitroom_platform.devstack
+
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
+	lint-imports
+
+unit: install
+	$(PYTHON) -m pytest -m "not integration and not e2e"
+
+test: lint
+	$(PYTHON) -m pytest
+
+clean:
+	rm -rf .cache var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
