@@ -38,7 +38,11 @@ class EncodedRecord:
 def encode(message: Message, extra_headers: Iterable[tuple[str, bytes]] = ()) -> EncodedRecord:
     if not message.TYPE:
         raise TypeError(f"{type(message).__name__} has no registered message type")
-    value = json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON; other readers of the log would reject them.
+        value = json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    except ValueError as exc:
+        raise ValueError(f"{message.TYPE}: {exc}") from exc
     headers = [(HEADER_TYPE, message.TYPE.encode()), (HEADER_CONTENT_TYPE, CONTENT_TYPE)]
     headers.extend(extra_headers)
     return EncodedRecord(key=message.room_id.encode(), value=value, headers=headers)
@@ -62,7 +66,7 @@ def decode(value: bytes | None, headers: Headers | None) -> Message:
     if value is None:
         raise DecodeError("empty record value")
     try:
-        data = json.loads(value)
+        data = json.loads(value, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad JSON, bad encodings and integers beyond Python's digit limit;
         # RecursionError, arrays or objects nested too deep. All are poison records.
@@ -70,6 +74,10 @@ def decode(value: bytes | None, headers: Headers | None) -> Message:
     if not isinstance(data, dict):
         raise DecodeError("value is not a JSON object")
     return from_dict(cls, data)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not valid JSON")
 
 
 def from_dict(cls: type[Message], data: dict[str, Any]) -> Message:

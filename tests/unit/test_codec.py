@@ -391,3 +391,14 @@ def test_every_message_survives_an_encode_decode_round_trip(data: st.DataObject,
     record = encode(message)
 
     assert decode(record.value, record.headers) == message
+
+
+def test_nan_and_infinity_are_refused_on_both_sides_because_they_are_not_json() -> None:
+    from waitroom_events.events import TicketIssued
+
+    with pytest.raises(ValueError):
+        encode(TicketIssued(room_id="r", ticket_id="t", queue_no=1, at=float("nan")))
+    headers = [("waitroom-type", b"waitroom.ticket.issued.v1")]
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(DecodeError):
+            decode(b'{"room_id":"r","ticket_id":"t","queue_no":1,"at":' + constant + b"}", headers)
