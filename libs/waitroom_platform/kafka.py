@@ -1,18 +1,24 @@
 """Kafka clients shared by the services: a publisher of messages, consumers, the dead-letter path.
 
-Messages become records only through the one codec. Trace context is added to every produced
-record by the header hook that telemetry installs (a no-op until then).
+Messages become records only through the one codec. Every produced record carries the current
+trace context (W3C ``traceparent`` header) and gets a PRODUCER span; ``consume_span`` continues
+that trace on the consuming side. Only the OpenTelemetry API is used here: spans are no-ops until
+a service calls ``waitroom_platform.telemetry.setup_telemetry``.
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from waitroom_events.base import Message
 from waitroom_events.codec import Headers, encode
@@ -26,20 +32,72 @@ HEADER_SOURCE_TOPIC = "waitroom-source-topic"
 HEADER_SOURCE_PARTITION = "waitroom-source-partition"
 HEADER_SOURCE_OFFSET = "waitroom-source-offset"
 
-#: Returns extra headers for a record being produced (telemetry injects ``traceparent`` here).
-HeaderHook = Callable[[], Iterable[tuple[str, bytes]]]
-_header_hooks: list[HeaderHook] = []
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
-
-def add_header_hook(hook: HeaderHook) -> None:
-    _header_hooks.append(hook)
+tracer = trace.get_tracer("waitroom.kafka")
 
 
 def outgoing_headers(extra: Iterable[tuple[str, bytes]] = ()) -> list[tuple[str, bytes]]:
-    headers = list(extra)
-    for hook in _header_hooks:
-        headers.extend(hook())
+    """``extra`` plus the current trace context (W3C ``traceparent``), so the trace crosses Kafka."""
+    headers = [(k, v) for k, v in extra if k not in TRACE_HEADERS]
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    headers.extend((key, value.encode()) for key, value in carrier.items())
     return headers
+
+
+def extract_context(headers: Headers | None) -> otel_context.Context:
+    carrier = {k: v.decode("latin-1") for k, v in headers or () if k in TRACE_HEADERS}
+    return propagate.extract(carrier)
+
+
+def message_attributes(message: Message) -> dict[str, str]:
+    """The ``waitroom.*`` span attributes that name what a message is about."""
+    attributes = {"waitroom.room_id": message.room_id, "waitroom.message_type": message.TYPE}
+    ticket_id = getattr(message, "ticket_id", None)
+    if isinstance(ticket_id, str):
+        attributes["waitroom.ticket_id"] = ticket_id
+    return attributes
+
+
+@contextmanager
+def consume_span(
+    record: ConsumerRecord[Any, Any], group: str | None = None, message: Message | None = None
+) -> Iterator[trace.Span]:
+    """A CONSUMER span for handling one record, continuing the trace of whoever produced it."""
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+    }
+    if group:
+        attributes["messaging.consumer.group.name"] = group
+    if message is not None:
+        attributes.update(message_attributes(message))
+    with tracer.start_as_current_span(
+        f"process {record.topic}",
+        context=extract_context(record.headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as span:
+        yield span
+
+
+@contextmanager
+def produce_span(topic: str, message: Message, partition: int | None = None) -> Iterator[trace.Span]:
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        "messaging.kafka.message.key": message.room_id,
+        **message_attributes(message),
+    }
+    if partition is not None:
+        attributes["messaging.destination.partition.id"] = str(partition)
+    with tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+        yield span
 
 
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
@@ -97,10 +155,11 @@ class Publisher:
         partition: int | None = None,
         headers: Iterable[tuple[str, bytes]] = (),
     ) -> RecordMetadata:
-        record = encode(message, outgoing_headers(headers))
-        return await self.producer.send_and_wait(
-            topic, record.value, key=record.key, partition=partition, headers=record.headers
-        )
+        with produce_span(topic, message, partition):
+            record = encode(message, outgoing_headers(headers))
+            return await self.producer.send_and_wait(
+                topic, record.value, key=record.key, partition=partition, headers=record.headers
+            )
 
     async def send(
         self,
@@ -111,10 +170,11 @@ class Publisher:
         headers: Iterable[tuple[str, bytes]] = (),
     ) -> Any:
         """Queue the record and return the delivery future (for batching inside transactions)."""
-        record = encode(message, outgoing_headers(headers))
-        return await self.producer.send(
-            topic, record.value, key=record.key, partition=partition, headers=record.headers
-        )
+        with produce_span(topic, message, partition):
+            record = encode(message, outgoing_headers(headers))
+            return await self.producer.send(
+                topic, record.value, key=record.key, partition=partition, headers=record.headers
+            )
 
 
 def dead_letter_headers(record: ConsumerRecord[Any, Any], error: BaseException | str) -> list[tuple[str, bytes]]:

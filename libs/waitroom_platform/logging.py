@@ -6,6 +6,16 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_context(_: object, __: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Put the current trace and span ids on every log line, so logs and traces join up."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", service: str = "waitroom") -> None:
@@ -18,6 +28,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str = "wa
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            add_trace_context,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from waitroom_platform.kafka import Publisher, make_producer
 from waitroom_platform.logging import configure_logging
+from waitroom_platform.telemetry import instrument_fastapi, setup_telemetry
 from waitroom_ticketing.api import Services, create_app
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
@@ -74,8 +75,10 @@ async def run(settings: TicketingSettings) -> None:
             publish_timeout_s=settings.publish_timeout_s,
             is_ready=lambda: read_model.ready and (sequencer is None or sequencer.ready.is_set()),
         )
+        app = create_app(services)
+        instrument_fastapi(app)
         config = uvicorn.Config(
-            create_app(services),
+            app,
             host=settings.host,
             port=settings.port,
             log_level="warning",
@@ -119,7 +122,11 @@ def main() -> None:
         sys.stderr.write(f"waitroom-ticketing: invalid settings\n{exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.common.log_level, settings.common.log_format, service="ticketing")
-    asyncio.run(run(settings))
+    telemetry = setup_telemetry("ticketing")
+    try:
+        asyncio.run(run(settings))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -160,6 +161,14 @@ class Services:
         }
 
 
+def _tag(room_id: str, ticket_id: str | None = None) -> None:
+    """Name the room and ticket on the request's span, so a trace can be found by either."""
+    span = trace.get_current_span()
+    span.set_attribute("waitroom.room_id", room_id)
+    if ticket_id is not None:
+        span.set_attribute("waitroom.ticket_id", ticket_id)
+
+
 def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
@@ -181,6 +190,7 @@ def _authorized_ticket(
     svc: Services, room_id: str, ticket_id: str, authorization: str | None
 ) -> tuple[RoomState, Ticket] | None:
     """The ticket if the caller holds its token; ``None`` while its join is still being sequenced."""
+    _tag(room_id, ticket_id)
     token = _bearer(authorization)
     if token is None:
         raise ApiError(401, "unauthorized", "this call needs the ticket's token: Authorization: Bearer <ticket_token>")
@@ -225,6 +235,7 @@ async def join(
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
     ticket_id = svc.tickets.ticket_id_for_key(room_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
+    _tag(room_id, ticket_id)
     ticket_token = svc.tickets.token_for(room_id, ticket_id)
     existing = room.tickets.get(ticket_id)
     if existing is not None:

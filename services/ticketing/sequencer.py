@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from opentelemetry.trace import Span
 
 from waitroom_core.room import InvalidCommand, RoomState, decide, evolve
 from waitroom_events.codec import DecodeError, decode, header
@@ -44,8 +45,10 @@ from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import (
     HEADER_SOURCE_OFFSET,
     Publisher,
+    consume_span,
     make_consumer,
     make_producer,
+    message_attributes,
     send_to_dead_letter,
 )
 from waitroom_platform.settings import KafkaSettings
@@ -244,41 +247,46 @@ class Sequencer:
             await self._take_ownership(tp)
 
     async def _decide_and_append(self, owned: OwnedPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
-        producer = owned.producer
-        publisher = Publisher(producer)
+        publisher = Publisher(owned.producer)
         deliveries = []
         now = self._clock()
         for record in records:
-            try:
-                command = decode(record.value, record.headers)
-                if not isinstance(command, COMMAND_TYPES):
-                    raise DecodeError(f"{command.TYPE} is not a command")
-                room = owned.rooms.get(command.room_id)
-                if room is None:
-                    room = RoomState(command.room_id)
-                events = decide(room, command, now)
-            except (DecodeError, InvalidCommand) as exc:
-                deliveries.append(await send_to_dead_letter(producer, record, exc))
-                owned.next_offset = record.offset + 1
-                continue
-            source = [(HEADER_SOURCE_OFFSET, str(record.offset).encode())]
-            for event in events:
-                evolve(room, event)
-                deliveries.append(
-                    await publisher.send(
-                        self._topics.room_events.name,
-                        event,
-                        partition=owned.partition,
-                        headers=source,
-                    )
-                )
-            if room.exists:
-                owned.rooms.setdefault(command.room_id, room)
-            owned.next_offset = record.offset + 1
-            if events:
-                log.debug("command_applied", room_id=command.room_id, type=command.TYPE, events=len(events))
+            with consume_span(record, self._options.group_id) as span:
+                deliveries.extend(await self._apply_one(owned, publisher, record, now, span))
         if deliveries:
             await asyncio.gather(*deliveries)
+
+    async def _apply_one(
+        self, owned: OwnedPartition, publisher: Publisher, record: ConsumerRecord[Any, Any], now: float, span: Span
+    ) -> list[Any]:
+        """Decide one command and queue its events; returns the delivery futures."""
+        try:
+            command = decode(record.value, record.headers)
+            if not isinstance(command, COMMAND_TYPES):
+                raise DecodeError(f"{command.TYPE} is not a command")
+            span.set_attributes(message_attributes(command))
+            room = owned.rooms.get(command.room_id)
+            if room is None:
+                room = RoomState(command.room_id)
+            events = decide(room, command, now)
+        except (DecodeError, InvalidCommand) as exc:
+            span.set_attribute("waitroom.dead_lettered", True)
+            owned.next_offset = record.offset + 1
+            return [await send_to_dead_letter(owned.producer, record, exc)]
+        span.set_attribute("waitroom.events", len(events))
+        source = [(HEADER_SOURCE_OFFSET, str(record.offset).encode())]
+        deliveries = []
+        for event in events:
+            evolve(room, event)
+            deliveries.append(
+                await publisher.send(self._topics.room_events.name, event, partition=owned.partition, headers=source)
+            )
+        if room.exists:
+            owned.rooms.setdefault(command.room_id, room)
+        owned.next_offset = record.offset + 1
+        if events:
+            log.debug("command_applied", room_id=command.room_id, type=command.TYPE, events=len(events))
+        return deliveries
 
 
 class _Rebalance(ConsumerRebalanceListener):
