@@ -87,6 +87,8 @@ def ensure_alarms(cloudwatch: Any, definitions: list[dict[str, Any]], prefix: st
 
 def provision(settings: NotifierSettings, sns: Any, cloudwatch: Any) -> Provisioned:
     """Blocking; idempotent, so the caller may simply run it again after any failure."""
+    if not settings.managed_alarms and not settings.alerts_enabled:
+        return Provisioned(topic_arn="")  # metrics only: SNS is not used at all
     topic_arn = settings.sns_topic_arn or find_topic(sns, settings.sns_topic_name)
     result = Provisioned(topic_arn=topic_arn or "")
     if not settings.managed_alarms:
