@@ -89,6 +89,29 @@ def _ticketing_urls(ctx: DevContext) -> dict[str, str]:
     }
 
 
+def _moto_url(ctx: DevContext) -> str:
+    return f"http://127.0.0.1:{ctx.port('moto')}"
+
+
+def _notifier_env(ctx: DevContext) -> dict[str, str]:
+    """boto3's standard settings aimed at the local moto server, never at the machine's AWS credentials."""
+    return {
+        "AWS_ENDPOINT_URL": _moto_url(ctx),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # moto accepts any; not a secret
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "WAITROOM_NOTIFIER_MANAGED_ALARMS": "true",
+        "WAITROOM_NOTIFIER_OPERATOR_EMAIL": "operator@example.com",
+        "WAITROOM_NOTIFIER_DIMENSIONS": json.dumps({"Environment": "dev"}),
+    }
+
+
+def _moto_urls(ctx: DevContext) -> dict[str, str]:
+    return {"AWS (moto server)": _moto_url(ctx), "AWS state (moto)": f"{_moto_url(ctx)}/moto-api/"}
+
+
 SERVICES: list[DevService] = [
     DevService(
         name="ticketing",
@@ -98,6 +121,17 @@ SERVICES: list[DevService] = [
         port_of=lambda ctx: ctx.api_port,
         urls=_ticketing_urls,
     ),
+    # AWS, locally: CloudWatch and SNS in memory, over HTTP, for the notifier.
+    DevService(
+        name="moto",
+        module="moto.server",
+        env=lambda ctx: {},
+        ready_path="/moto-api/data.json",
+        port_of=lambda ctx: ctx.port("moto"),
+        args=lambda ctx: ("-H", "127.0.0.1", "-p", str(ctx.port("moto"))),
+        urls=_moto_urls,
+    ),
+    DevService(name="notifier", module="waitroom_notifier", env=_notifier_env),
 ]
 
 

@@ -23,6 +23,7 @@ from waitroom_notifier.provisioning import Provisioned, TopicNotFound, provision
 from waitroom_notifier.settings import NotifierSettings
 from waitroom_notifier.sinks import CloudWatchMetrics, SnsAlerts
 from waitroom_platform.logging import configure_logging
+from waitroom_platform.telemetry import instrument_botocore, setup_telemetry
 
 log = structlog.get_logger()
 
@@ -144,7 +145,13 @@ def main() -> None:
         sys.stderr.write(f"waitroom-notifier: invalid settings\n{exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.common.log_level, settings.common.log_format, service="notifier")
-    raise SystemExit(asyncio.run(run(settings)))
+    telemetry = setup_telemetry("notifier")
+    instrument_botocore()
+    try:
+        code = asyncio.run(run(settings))
+    finally:
+        telemetry.shutdown()
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from waitroom_events.codec import DecodeError, decode
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 from waitroom_notifier.aws import Backoff, Rejected, call_until_accepted
 from waitroom_notifier.sinks import AlertSink, MetricsSink
-from waitroom_platform.kafka import make_consumer, make_producer, send_to_dead_letter
+from waitroom_platform.kafka import consume_span, make_consumer, make_producer, send_to_dead_letter
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
@@ -112,15 +112,18 @@ class AlertHandler:
         self.published = 0
 
     async def deliver(self, messages: Sequence[tuple[Record, Message]]) -> None:
-        for _, alert in messages:
+        for record, alert in messages:
             assert isinstance(alert, ThresholdBreached | ThresholdRecovered)
             notification = alert_notification(alert, self._source)
-            message_id = await call_until_accepted(
-                partial(self._sink.publish, notification),
-                what="Publish",
-                backoff=self._backoff,
-                notification_id=notification.notification_id,
-            )
+            # The SNS call's client span joins the trace of the stats service that raised the alert.
+            with consume_span(record, message=alert) as span:
+                span.set_attribute("waitroom.notification_id", notification.notification_id)
+                message_id = await call_until_accepted(
+                    partial(self._sink.publish, notification),
+                    what="Publish",
+                    backoff=self._backoff,
+                    notification_id=notification.notification_id,
+                )
             self.published += 1
             log.info(
                 "alert_published",

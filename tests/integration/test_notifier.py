@@ -194,8 +194,12 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, w
 def log_events(proc: ServiceProcess) -> list[dict[str, Any]]:
     events = []
     for line in proc.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line of the console span exporter, or of a library
+        if isinstance(event, dict) and "event" in event:
+            events.append(event)
     return events
 
 

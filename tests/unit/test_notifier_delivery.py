@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from pydantic import ValidationError
 from test_notifier_mapping import breached, recovered, snapshot
@@ -111,6 +112,10 @@ class RecordingSns:
         return f"m-{len(self.published)}"
 
 
+def record(offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord("t.alerts", 0, offset, 0, 0, b"concert", b"{}", None, 7, 2, [])
+
+
 def fast_backoff() -> Backoff:
     return Backoff(0.001, 0.002)
 
@@ -120,7 +125,7 @@ async def test_snapshots_of_a_fetch_are_sent_in_as_few_calls_as_the_per_call_lim
     handler = MetricsHandler(
         sink, fast_backoff(), dimensions={}, rollup=True, storage_resolution=60, per_call=20, max_records=500
     )
-    snapshots: list[tuple[Any, Any]] = [(None, snapshot(room_id=f"room-{i}")) for i in range(5)]
+    snapshots: list[tuple[Any, Any]] = [(record(i), snapshot(room_id=f"room-{i}")) for i in range(5)]
 
     await handler.deliver(snapshots)
 
@@ -135,7 +140,7 @@ async def test_each_alert_is_published_once_even_after_transient_failures() -> N
     sink = RecordingSns([client_error("Throttling", 400), EndpointConnectionError(endpoint_url="x")])
     handler = AlertHandler(sink, fast_backoff(), source="waitroom")
 
-    await handler.deliver([(None, breached()), (None, recovered())])
+    await handler.deliver([(record(0), breached()), (record(1), recovered())])
 
     assert [n.kind for n in sink.published] == ["breach", "recovery"]
     assert len({n.notification_id for n in sink.published}) == 2
