@@ -126,19 +126,24 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
 
 
 def _check_partitions(wanted: dict[str, TopicSpec], existing: dict[str, int]) -> None:
-    too_few = {name: count for name, count in existing.items() if count < wanted[name].partitions}
-    if too_few:
+    """Every existing topic must have exactly the registry's partition count.
+
+    The room topics are co-partitioned by room id: a room's commands, events, heartbeats and checks
+    must land in the same partition number. A topic with more or fewer partitions than its twins
+    puts a room's records in different partitions, and re-partitioning an existing topic moves
+    rooms between partitions under the sequencer's feet, which breaks replay of the log.
+    """
+    wrong = {name: count for name, count in existing.items() if count != wanted[name].partitions}
+    if wrong:
         details = ", ".join(
-            f"{name} has {count} (needs {wanted[name].partitions})" for name, count in sorted(too_few.items())
+            f"{name} has {count} (registry: {wanted[name].partitions})" for name, count in sorted(wrong.items())
         )
         raise TopicPartitionMismatch(
-            f"existing topics have fewer partitions than the registry requires: {details}. "
-            "The room topics are co-partitioned, so every one must have the same count; increase the "
-            "partitions (kafka-topics.sh --alter --partitions N) or lower WAITROOM_ROOM_PARTITIONS."
+            f"existing topics do not have the registry's partition count: {details}. The room topics are "
+            "co-partitioned by room, and changing the count of a topic in use moves rooms between partitions. "
+            "Set WAITROOM_ROOM_PARTITIONS to the count the topics were created with, or use a new "
+            "WAITROOM_TOPIC_PREFIX for a new layout."
         )
-    for name, count in existing.items():
-        if count > wanted[name].partitions:
-            log.warning("topic_has_more_partitions", topic=name, partitions=count, registry=wanted[name].partitions)
 
 
 async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec], replication: int) -> None:

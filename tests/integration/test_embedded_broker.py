@@ -71,14 +71,17 @@ async def test_a_record_produced_in_a_transaction_is_consumed_back_by_a_read_com
     assert (record.key, record.value) == (b"room-1", b"join")
 
 
-async def test_ensure_topics_is_idempotent_and_refuses_an_existing_topic_with_too_few_partitions(
+async def test_ensure_topics_is_idempotent_and_refuses_an_existing_topic_with_another_partition_count(
     kafka_bootstrap: str, topics: TopicRegistry
 ) -> None:
     await ensure_topics(kafka_bootstrap, topics.all())  # a second service starting: nothing to do
 
     wider = replace(topics.commands, partitions=5)
-    with pytest.raises(TopicPartitionMismatch, match=rf"{topics.commands.name} has 3 \(needs 5\)"):
+    with pytest.raises(TopicPartitionMismatch, match=rf"{topics.commands.name} has 3 \(registry: 5\)"):
         await ensure_topics(kafka_bootstrap, [wider])
+    narrower = replace(topics.commands, partitions=2)
+    with pytest.raises(TopicPartitionMismatch, match=rf"{topics.commands.name} has 3 \(registry: 2\)"):
+        await ensure_topics(kafka_bootstrap, [narrower])
 
     names = [spec.name for spec in topics.all()]
     assert await partition_counts(kafka_bootstrap, names) == {name: 3 for name in names}
