@@ -1,0 +1,358 @@
+"""Joins and heartbeats per second through the real ticketing API and Kafka, against bare FastAPI.
+
+``python -m bench.http_joins --duration 20 --connections 32 [--write-docs]``
+
+One run starts everything it measures: a Kafka broker (an embedded one of its own unless
+``KAFKA_BOOTSTRAP_SERVERS`` is set), topics under a fresh prefix, ONE ticketing process (API and
+sequencer, join rate limit off) and the baseline app (``bench/baseline_app.py``: bare FastAPI
+endpoints of the same shapes, served the same way). Then, back to back, for each request shape
+(join, heartbeat) it loads the baseline and then ticketing with the same client, connections and
+duration. Machines running other work make absolute figures noisy; the ratio ticketing/baseline of
+one run is the figure to read.
+
+The client is ``wrk`` when installed (cheap: one C thread), else the asyncio client of
+``bench/loadgen.py``; either runs as its own process and its CPU time is reported next to the
+servers' (from /proc), so a reader can see whether the load generator was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import (
+    ADMIN_TOKEN,
+    REPO_ROOT,
+    Broker,
+    CpuMeter,
+    base_url,
+    broker_for_bench,
+    fresh_topics,
+    markdown_table,
+    run_facts,
+    say,
+    ticketing_process,
+    write_section,
+)
+from bench.loadgen import LoadResult, RequestSpec, run_load, wrk_available
+from waitroom_platform.logging import configure_logging
+from waitroom_platform.procs import ServiceProcess, free_port
+
+SECTION = "Ticketing HTTP"
+JOIN_ROOM = "bench-joins"
+HEARTBEAT_ROOM = "bench-heartbeats"
+
+
+@dataclass
+class Row:
+    shape: str
+    target: str
+    result: LoadResult
+    server_cores: float | None
+    broker_cores: float | None
+
+
+# ---------------------------------------------------------------------------------------------
+# setting up
+
+
+def start_servers(broker: Broker, work_dir: Path, partitions: int) -> tuple[ServiceProcess, ServiceProcess]:
+    topics = fresh_topics(broker.bootstrap, partitions)
+    say(f"topics under {topics.commands.name.removesuffix('.commands')}; starting ticketing and the baseline ...")
+    ticketing = ticketing_process(broker.bootstrap, topics, work_dir).start()
+    port = free_port()
+    baseline = ServiceProcess(
+        "baseline",
+        "bench.baseline_app",
+        {"PYTHONPATH": str(REPO_ROOT)},
+        work_dir / "baseline.log",
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+        args=("--port", str(port)),
+    ).start()
+    ticketing.wait_ready(120)
+    baseline.wait_ready(60)
+    return ticketing, baseline
+
+
+def create_room(base: str, room_id: str, capacity: int) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(timeout=30) as http:
+        response = http.put(f"{base}/v1/admin/rooms/{room_id}", json={"capacity": capacity}, headers=admin)
+        if response.status_code not in (200, 201, 202):
+            raise RuntimeError(f"creating room {room_id}: {response.status_code} {response.text}")
+        deadline = time.monotonic() + 30
+        while http.get(f"{base}/v1/rooms/{room_id}").status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"room {room_id} never became visible")
+            time.sleep(0.05)
+
+
+async def _join_many(base: str, room_id: str, count: int, concurrency: int) -> list[dict[str, Any]]:
+    limits = httpx.Limits(max_connections=concurrency)
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+
+        async def join() -> dict[str, Any]:
+            async with semaphore:
+                response = await http.post(f"{base}/v1/rooms/{room_id}/tickets")
+            if response.status_code not in (201, 202):
+                raise RuntimeError(f"preparing tickets: {response.status_code} {response.text}")
+            body: dict[str, Any] = response.json()
+            return body
+
+        tickets = await asyncio.gather(*(join() for _ in range(count)))
+        deadline = time.monotonic() + 60
+        while (await http.get(f"{base}/v1/rooms/{room_id}")).json()["last_queue_no"] < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the prepared tickets were not all issued within 60 s")
+            await asyncio.sleep(0.1)
+    return tickets
+
+
+def prepare_heartbeats(base: str, count: int, capacity: int) -> list[RequestSpec]:
+    """``count`` issued tickets in their own room; one heartbeat request per ticket, with its token."""
+    create_room(base, HEARTBEAT_ROOM, capacity)
+    say(f"joining {count} tickets for the heartbeat runs ...")
+    tickets = asyncio.run(_join_many(base, HEARTBEAT_ROOM, count, concurrency=32))
+    return [
+        RequestSpec(
+            "POST", f"/v1/rooms/{HEARTBEAT_ROOM}/tickets/{t['ticket_id']}/heartbeat", f"Bearer {t['ticket_token']}"
+        )
+        for t in tickets
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def measure(
+    args: argparse.Namespace,
+    client: str,
+    shape: str,
+    specs: list[RequestSpec],
+    targets: dict[str, ServiceProcess],
+    broker: Broker,
+) -> list[Row]:
+    rows = []
+    for target, proc in targets.items():
+        url = base_url(proc)
+        if args.warmup > 0:
+            run_load(client, url, specs, connections=args.connections, duration_s=args.warmup, max_requests=0)
+        meter = CpuMeter({"server": proc.pid, "broker": broker.pid})
+        meter.start()
+        result = run_load(
+            client,
+            url,
+            specs,
+            connections=args.connections,
+            duration_s=args.duration,
+            max_requests=args.max_requests,
+            threads=args.threads,
+        )
+        cores = meter.stop()
+        say(
+            f"  {shape:9} {target:9} {result.throughput:8.0f} req/s  p99 {result.p99_ms:7.1f} ms  "
+            f"errors {result.errors}"
+        )
+        rows.append(Row(shape, target, result, cores.get("server"), cores.get("broker")))
+    return rows
+
+
+def _f(value: float | None, digits: int = 2) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _statuses(result: LoadResult) -> str:
+    return ", ".join(f"{status}×{n}" for status, n in sorted(result.statuses.items()))
+
+
+def results_table(rows: list[Row]) -> str:
+    headers = [
+        "shape",
+        "server",
+        "requests",
+        "errors",
+        "answers",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "client CPU (cores)",
+        "server CPU (cores)",
+        "Kafka CPU (cores)",
+    ]
+    body = [
+        [
+            r.shape,
+            r.target,
+            r.result.requests,
+            r.result.errors,
+            _statuses(r.result),
+            f"{r.result.throughput:.0f}",
+            _f(r.result.p50_ms, 1),
+            _f(r.result.p90_ms, 1),
+            _f(r.result.p99_ms, 1),
+            _f(r.result.max_ms, 1),
+            _f(r.result.cores),
+            _f(r.server_cores),
+            _f(r.broker_cores),
+        ]
+        for r in rows
+    ]
+    return markdown_table(headers, body)
+
+
+def ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
+    by = {(r.shape, r.target): r.result for r in rows}
+    out = {}
+    for shape in dict.fromkeys(r.shape for r in rows):
+        w, b = by[(shape, "waitroom")], by[(shape, "baseline")]
+        out[shape] = {
+            "throughput": w.throughput / b.throughput if b.throughput else float("nan"),
+            "p50": w.p50_ms / b.p50_ms if b.p50_ms else float("nan"),
+            "p99": w.p99_ms / b.p99_ms if b.p99_ms else float("nan"),
+        }
+    return out
+
+
+def ratio_table(rows: list[Row]) -> str:
+    body = [
+        [shape, f"{r['throughput']:.2f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}"] for shape, r in ratios(rows).items()
+    ]
+    headers = ["shape", "throughput waitroom/baseline", "p50 waitroom/baseline", "p99 waitroom/baseline"]
+    return markdown_table(headers, body)
+
+
+def reading(rows: list[Row], cpus: int) -> list[str]:
+    """What the figures say, derived from them so a re-run keeps the text true."""
+    lines = []
+    for shape, r in ratios(rows).items():
+        lines.append(
+            f"- {shape}: ticketing serves {r['throughput'] * 100:.0f} % of the bare endpoint's throughput "
+            f"with {r['p50']:.1f}× its median latency."
+        )
+    for row in rows:
+        used = sum(c for c in (row.result.cores, row.server_cores, row.broker_cores) if c is not None)
+        if row.result.cores > 0.8:
+            lines.append(
+                f"- {row.shape} → {row.target}: the load generator used {row.result.cores:.2f} cores: "
+                "it may have been the bottleneck of that row."
+            )
+        if used > cpus * 0.9:
+            lines.append(
+                f"- {row.shape} → {row.target}: client, server and Kafka together used {used:.2f} of {cpus} CPUs: "
+                "the machine, not the server alone, bounded that row."
+            )
+    joins = [r for r in rows if r.shape == "join" and r.target == "waitroom"]
+    for row in joins:
+        pending = row.result.statuses.get(202, 0)
+        if pending:
+            lines.append(
+                f"- {pending} joins answered 202 (pending): the sequencer had not issued the ticket within "
+                "the API's join wait (WAITROOM_TICKETING_JOIN_WAIT_S, 2 s)."
+            )
+    return lines
+
+
+def report(args: argparse.Namespace, client: str, client_note: str, broker: Broker, rows: list[Row], n: int) -> str:
+    cpus = len(os.sched_getaffinity(0))
+    admitted = min(args.capacity, n)
+    parts = [
+        run_facts(broker),
+        f"- load generator: {client_note}; {args.connections} connections, {args.threads} thread(s), "
+        f"{args.duration:g} s per row after a {args.warmup:g} s warm-up, at most {args.max_requests} requests per row",
+        f"- ticketing: one process (API + sequencer), {args.partitions} partitions per room topic, join rate "
+        "limit off, transactions on, INFO logs; baseline: `bench/baseline_app.py`, the same uvicorn options "
+        "(one process, access log off, log level warning, `Server.serve()` in `asyncio.run`)",
+        f"- join: `POST /v1/rooms/{JOIN_ROOM}/tickets`, a room of capacity {args.capacity}, so all but the first "
+        f"{args.capacity} joins wait; a 201 means the sequencer issued the ticket and the API's read model saw it "
+        "(the full path through Kafka); the baseline answers a ticket-sized JSON at once",
+        f"- heartbeat: `POST /v1/rooms/{HEARTBEAT_ROOM}/tickets/<id>/heartbeat` cycling over {n} issued tickets, "
+        f"each with its own token ({admitted} admitted, so {admitted * 100 // max(n, 1)} % of answers carry a "
+        "freshly signed entry token); the baseline answers the same body without checks",
+        "",
+        results_table(rows),
+        "",
+        "Ratios (the figure to compare across runs and machines):",
+        "",
+        ratio_table(rows),
+        "",
+        *reading(rows, cpus),
+    ]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.http_joins", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured row (default 20)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="upper bound per row (default 1e6)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each row (default 2)")
+    parser.add_argument("--tickets", type=int, default=2000, help="tickets the heartbeat rows cycle over")
+    parser.add_argument("--capacity", type=int, default=100, help="capacity of the benchmark rooms")
+    parser.add_argument("--partitions", type=int, default=12, help="partitions of each room topic (default 12)")
+    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--write-docs", action="store_true", help=f"write the '## {SECTION}' section of docs/benchmarks.md"
+    )
+    return parser.parse_args(argv)
+
+
+def choose_client(wanted: str) -> tuple[str, str]:
+    if wanted == "python":
+        return "python", "the asyncio client of bench/loadgen.py (asked for)"
+    if wrk_available():
+        return "wrk", "wrk (one C thread, Lua script generated by bench/loadgen.py)"
+    if wanted == "wrk":
+        raise SystemExit("wrk is not installed (apt-get install wrk), and --client wrk was asked for")
+    note = "the asyncio client of bench/loadgen.py, because wrk is not installed (apt-get install wrk)"
+    say(f"NOTE: using {note}; its own CPU cost is higher, see the client CPU column")
+    return "python", note
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging("WARNING", "console", service="bench")  # library logs to stderr; stdout is the report
+    client, client_note = choose_client(args.client)
+    with tempfile.TemporaryDirectory(prefix="waitroom-bench-") as tmp, broker_for_bench(Path(tmp)) as broker:
+        ticketing, baseline = start_servers(broker, Path(tmp), args.partitions)
+        try:
+            ticketing_url = base_url(ticketing)
+            create_room(ticketing_url, JOIN_ROOM, args.capacity)
+            heartbeats = prepare_heartbeats(ticketing_url, args.tickets, args.capacity)
+            targets = {"baseline": baseline, "waitroom": ticketing}
+            say(f"measuring with {client}: {args.connections} connections, {args.duration:g} s per row ...")
+            joins = [RequestSpec("POST", f"/v1/rooms/{JOIN_ROOM}/tickets")]
+            rows = measure(args, client, "join", joins, targets, broker)
+            rows += measure(args, client, "heartbeat", heartbeats, targets, broker)
+        except BaseException:
+            say(f"ticketing log tail:\n{ticketing.log_tail()}")
+            raise
+        finally:
+            ticketing.stop()
+            baseline.stop()
+        text = report(args, client, client_note, broker, rows, len(heartbeats))
+    sys.stdout.write(text + "\n")
+    if args.write_docs:
+        write_section(SECTION, text)
+        say(f"wrote the '## {SECTION}' section of docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
