@@ -20,13 +20,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from waitroom_platform.admin import ensure_topics, wait_for_broker
 from waitroom_platform.broker import EmbeddedKafka
 from waitroom_platform.procs import ServiceProcess, free_port
+from waitroom_platform.zipkin import TraceUI
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - the development default, refused outside development
 
@@ -41,6 +42,8 @@ class DevContext:
     partitions: int
     api_port: int
     ports: dict[str, int] = field(default_factory=dict)
+    #: OpenTelemetry settings for every service (see :func:`telemetry_env`)
+    otel_env: dict[str, str] = field(default_factory=dict)
 
     def port(self, name: str) -> int:
         """A port for ``name``, free at first use and then kept for the life of the stack."""
@@ -55,6 +58,7 @@ class DevContext:
             "WAITROOM_TOPIC_PREFIX": self.prefix,
             "WAITROOM_ROOM_PARTITIONS": str(self.partitions),
             "WAITROOM_LOG_FORMAT": "json",
+            **self.otel_env,
         }
 
 
@@ -133,6 +137,18 @@ SERVICES: list[DevService] = [
     ),
     DevService(name="notifier", module="waitroom_notifier", env=_notifier_env),
 ]
+
+
+def telemetry_env(trace_ui: TraceUI | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where the services send telemetry: the trace UI with ``--traces``; else wherever the caller's
+    own ``OTEL_*`` variables say; else nowhere, so the services' logs stay readable (the SDK's
+    default with no endpoint is the console exporter, a JSON document per span on stderr)."""
+    if trace_ui is not None:
+        return trace_ui.otel_env()
+    own = os.environ if environ is None else environ
+    if any(key.startswith(("OTEL_EXPORTER_OTLP_", "OTEL_TRACES_", "OTEL_METRICS_", "OTEL_SDK_")) for key in own):
+        return {}
+    return {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
 
 
 def _say(text: str) -> None:
@@ -225,6 +241,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=12, help="partitions of each room topic")
     parser.add_argument("--prefix", default="waitroom", help="topic name prefix")
     parser.add_argument("--demo-capacity", type=int, default=5, help="capacity of the demo room")
+    parser.add_argument(
+        "--traces",
+        action="store_true",
+        default=os.environ.get("WAITROOM_DEV_TRACES", "") in ("1", "true"),
+        help="start Zipkin (fetched once from Maven Central) and send every service's OTLP traces there",
+    )
     return parser.parse_args(argv)
 
 
@@ -241,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     broker: EmbeddedKafka | None = None
     stack: Stack | None = None
+    trace_ui: TraceUI | None = None
     try:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if bootstrap:
@@ -254,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(ensure_topics(bootstrap, topic_registry(args.prefix, args.partitions).all()))
         ensure_signing_key(data_dir / "jwt-keys")
+        if args.traces:
+            _say("  starting Zipkin (trace UI) ...")
+            trace_ui = TraceUI(data_dir)
+            trace_ui.start()
         ctx = DevContext(data_dir, bootstrap, args.prefix, args.partitions, args.port)
+        ctx.otel_env = telemetry_env(trace_ui)
         stack = Stack(ctx, SERVICES)
         stack.start()
         status, _ = _http_json(
@@ -267,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         for service in SERVICES:
             for label, url in service.urls(ctx).items():
                 _say(f"  {label:<23} {url}")
+        if trace_ui is not None:
+            _say(f"  traces (Zipkin)         {trace_ui.ui_url}")
         _say(f"  admin token             {DEV_ADMIN_TOKEN} (development only)")
         _say(f"  logs                    {data_dir / 'logs'}")
         _say("Press Ctrl-C to stop.")
@@ -282,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if stack is not None:
             stack.stop()
+        if trace_ui is not None:
+            trace_ui.stop()
         if broker is not None:
             broker.stop()
     _say("waitroom: stopped")
