@@ -1,0 +1,191 @@
+{{/* Names and labels shared by every component. */}}
+{{- define "waitroom.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "waitroom.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "waitroom.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "waitroom.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: waitroom
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "ticketing") */}}
+{{- define "waitroom.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "waitroom.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "waitroom.componentLabels" -}}
+{{ include "waitroom.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "waitroom.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "waitroom.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "waitroom.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "waitroom.secretName" -}}
+{{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "waitroom.fullname" .)) -}}
+{{- end -}}
+
+{{/* Environment every service shares: the log, the topics, telemetry. */}}
+{{- define "waitroom.commonEnv" -}}
+- name: WAITROOM_ENV
+  value: {{ .Values.environment | quote }}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers | quote }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+{{- if .Values.kafka.sasl.mechanism }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.sasl.existingSecret is required with a SASL mechanism" .Values.kafka.sasl.existingSecret }}
+      key: {{ .Values.kafka.sasl.usernameKey }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.existingSecret }}
+      key: {{ .Values.kafka.sasl.passwordKey }}
+{{- end }}
+- name: WAITROOM_TOPIC_PREFIX
+  value: {{ .Values.kafka.topicPrefix | quote }}
+- name: WAITROOM_ROOM_PARTITIONS
+  value: {{ .Values.kafka.roomPartitions | quote }}
+- name: WAITROOM_LOG_LEVEL
+  value: {{ .Values.logging.level | quote }}
+- name: WAITROOM_LOG_FORMAT
+  value: json
+{{- if .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .Values.otel.protocol | quote }}
+{{- else }}
+- name: OTEL_TRACES_EXPORTER
+  value: none
+- name: OTEL_METRICS_EXPORTER
+  value: none
+{{- end }}
+{{- end -}}
+
+{{/* A component's Deployment: (dict "root" $ "component" "reaper" "values" .Values.reaper "module" "waitroom_reaper" "env" (list ...) "ports" ... ) */}}
+{{- define "waitroom.deployment" -}}
+{{- $root := .root -}}
+{{- $v := .values -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "waitroom.fullname" $root }}-{{ .component }}
+  labels:
+    {{- include "waitroom.componentLabels" . | nindent 4 }}
+spec:
+  replicas: {{ $v.replicas }}
+  selector:
+    matchLabels:
+      {{- include "waitroom.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "waitroom.componentLabels" . | nindent 8 }}
+      annotations:
+        checksum/secrets: {{ include (print $root.Template.BasePath "/shared/secrets.yaml") $root | sha256sum }}
+    spec:
+      serviceAccountName: {{ include "waitroom.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: {{ .component }}
+          image: {{ include "waitroom.image" $root | quote }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args: ["python", "-m", {{ .module | quote }}]
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          env:
+            {{- include "waitroom.commonEnv" $root | nindent 12 }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+            {{- range $name, $value := $v.env }}
+            - name: {{ $name }}
+              value: {{ $value | quote }}
+            {{- end }}
+          {{- with .ports }}
+          ports:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          {{- with .probes }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+          resources:
+            {{- toYaml $v.resources | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- with .volumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir: {}
+        {{- with .volumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
+
+{{/* A component's PodDisruptionBudget, when enabled. */}}
+{{- define "waitroom.pdb" -}}
+{{- if .values.pdb.enabled }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "waitroom.fullname" .root }}-{{ .component }}
+  labels:
+    {{- include "waitroom.componentLabels" . | nindent 4 }}
+spec:
+  minAvailable: {{ .values.pdb.minAvailable }}
+  selector:
+    matchLabels:
+      {{- include "waitroom.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end -}}
