@@ -51,6 +51,7 @@ from waitroom_platform.kafka import (
     message_attributes,
     send_to_dead_letter,
 )
+from waitroom_platform.metrics import track_consumer_lag
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
@@ -111,6 +112,7 @@ class Sequencer:
             await self._plain_producer.start()
         await consumer.start()
         consumer.subscribe([self._topics.commands.name], listener=_Rebalance(self))
+        untrack_lag = track_consumer_lag(consumer, self._options.group_id)
         log.info("sequencer_started", group=self._options.group_id, transactional=self._options.transactional)
         try:
             while True:
@@ -122,6 +124,7 @@ class Sequencer:
                             continue  # revoked while the batch was in flight
                         await self._apply_batch(owned, tp, records)
         finally:
+            untrack_lag()
             await self._close()
 
     async def _close(self) -> None:
