@@ -16,7 +16,7 @@ record is on the dead-letter topic): a crash or an AWS outage re-reads, never sk
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeAlias
@@ -32,6 +32,7 @@ from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecover
 from waitroom_notifier.aws import Backoff, Rejected, call_until_accepted
 from waitroom_notifier.sinks import AlertSink, MetricsSink
 from waitroom_platform.kafka import consume_span, make_consumer, make_producer, send_to_dead_letter
+from waitroom_platform.metrics import track_consumer_lag
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
@@ -165,8 +166,10 @@ class Forwarder:
         )
         producer = make_producer(self._kafka)
         await producer.start()
+        untrack_lag: Callable[[], None] | None = None
         try:
             await consumer.start()
+            untrack_lag = track_consumer_lag(consumer, self.group_id)
             log.info("forwarder_started", pipeline=self.handler.name, topic=self.topic, group=self.group_id)
             self.ready.set()
             while True:
@@ -178,6 +181,8 @@ class Forwarder:
                             _rewind(consumer, other, rest[0].offset)
                         break
         finally:
+            if untrack_lag is not None:
+                untrack_lag()
             await consumer.stop()
             await producer.stop()
 
