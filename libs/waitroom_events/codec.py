@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # The modules below register their types on import; the codec must know every type.
-from waitroom_events import commands, events, heartbeats, stats  # noqa: F401
+from waitroom_events import commands, events, heartbeats, reaper, stats  # noqa: F401
 from waitroom_events.base import Message, lookup
 
 HEADER_TYPE = "waitroom-type"

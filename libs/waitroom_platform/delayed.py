@@ -1,0 +1,187 @@
+"""A consumer of a delay topic: each record is due at its timestamp plus the topic's fixed delay.
+
+The pattern of Spring Kafka's retry topics, on aiokafka. A delay topic's partition is ordered by
+time of writing, so only its head can be due first: the consumer keeps the records it has fetched
+per partition, hands every due one to the handler, and **pauses** a partition whose head is not due
+yet, so the broker sends nothing more for it. One ``getmany`` wait, bounded by the earliest head's
+due time, serves every partition: no busy loop and no sleep per record. Once a partition's buffer is
+drained it is resumed and fetched again from where it stopped.
+
+The consumer commits, per partition, the offset after the last record the handler returned from,
+so a crash re-delivers exactly the records that were not handled (at least once: handlers must be
+idempotent). A handler that raises stops the consumer without committing the batch.
+
+Partitions come from a consumer group. ``on_assigned`` runs before any record of a newly assigned
+partition is handed over (the reaper rebuilds its state there); ``on_revoked`` after the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.structs import ConsumerRecord
+
+from waitroom_platform.kafka import make_consumer
+from waitroom_platform.settings import KafkaSettings
+
+log = structlog.get_logger()
+
+Record: TypeAlias = ConsumerRecord[Any, Any]
+#: Handles the due records of one partition, in offset order. Returns once they are handled.
+DueHandler = Callable[[int, Sequence[Record]], Awaitable[None]]
+
+
+class AssignmentListener(Protocol):
+    async def on_assigned(self, partitions: list[int]) -> None: ...
+
+    async def on_revoked(self, partitions: list[int]) -> None: ...
+
+
+def due_at(record: Record, delay_s: float) -> float:
+    """When a record of a delay topic is due: its timestamp plus the topic's delay."""
+    return float(record.timestamp) / 1000.0 + delay_s
+
+
+class DelayedConsumer:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        delay_s: float,
+        handler: DueHandler,
+        *,
+        group_id: str,
+        listener: AssignmentListener | None = None,
+        max_records: int = 2000,
+        max_future_s: float = 60.0,
+        idle_poll_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        **consumer_options: Any,
+    ) -> None:
+        """``max_future_s``: a record due later than ``now + delay_s + max_future_s`` (a producer
+        clock far ahead) is handed over at once instead of blocking its partition for ever."""
+        self._kafka = kafka
+        self.topic = topic
+        self.delay_s = delay_s
+        self._handler = handler
+        self._group_id = group_id
+        self._listener = listener
+        self._max_records = max_records
+        self._max_future_s = max_future_s
+        self._idle_poll_s = idle_poll_s
+        self._clock = clock
+        self._consumer_options = consumer_options
+        self._consumer: AIOKafkaConsumer | None = None
+        self._buffers: dict[int, deque[Record]] = {}
+        self._lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+        #: records handed to the handler since start (for metrics and tests)
+        self.handled = 0
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._buffers)
+
+    async def committed(self, partition: int) -> int:
+        """The group's committed offset of ``partition`` (0 when none)."""
+        assert self._consumer is not None
+        offset = await self._consumer.committed(TopicPartition(self.topic, partition))
+        return offset or 0
+
+    async def run(self) -> None:
+        options: dict[str, Any] = {
+            "group_id": self._group_id,
+            "max_poll_records": self._max_records,
+            "partition_assignment_strategy": (RangePartitionAssignor,),
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 1_000,
+            "rebalance_timeout_ms": 60_000,
+        }
+        options.update(self._consumer_options)
+        consumer = make_consumer(self._kafka, **options)
+        self._consumer = consumer
+        await consumer.start()
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        log.info("delayed_consumer_started", topic=self.topic, delay_s=self.delay_s, group=self._group_id)
+        try:
+            while True:
+                await self._hand_over_due()
+                batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=self._max_records)
+                for tp, records in batches.items():
+                    buffer = self._buffers.get(tp.partition)
+                    if buffer is not None:
+                        buffer.extend(records)
+        finally:
+            await consumer.stop()
+
+    # ---------------------------------------------------------------- the schedule
+
+    def _is_due(self, record: Record, now: float) -> bool:
+        due = due_at(record, self.delay_s)
+        return due <= now or due > now + self.delay_s + self._max_future_s
+
+    async def _hand_over_due(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        async with self._lock:
+            for partition, buffer in self._buffers.items():
+                now = self._clock()
+                due: list[Record] = []
+                while buffer and self._is_due(buffer[0], now):
+                    due.append(buffer.popleft())
+                tp = TopicPartition(self.topic, partition)
+                if due:
+                    await self._handler(partition, due)
+                    self.handled += len(due)
+                    await consumer.commit({tp: due[-1].offset + 1})
+                # A head that is not due yet holds its partition: nothing behind it can be due first.
+                if buffer:
+                    if tp not in consumer.paused():
+                        consumer.pause(tp)
+                elif tp in consumer.paused():
+                    consumer.resume(tp)
+
+    def _wait_ms(self) -> int:
+        now = self._clock()
+        wait = self._idle_poll_s
+        for buffer in self._buffers.values():
+            if buffer:
+                wait = min(wait, due_at(buffer[0], self.delay_s) - now)
+        return max(0, int(wait * 1000) + 1)
+
+    # ---------------------------------------------------------------- ownership
+
+    async def _assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        new = sorted(tp.partition for tp in partitions if tp.partition not in self._buffers)
+        if new and self._listener is not None:
+            await self._listener.on_assigned(new)
+        async with self._lock:
+            for partition in new:
+                self._buffers[partition] = deque()
+        log.info("delay_partitions_assigned", topic=self.topic, partitions=new, owned=self.owned)
+        self.ready.set()
+
+    async def _revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            gone = sorted(tp.partition for tp in partitions if self._buffers.pop(tp.partition, None) is not None)
+        if gone and self._listener is not None:
+            await self._listener.on_revoked(gone)
+        log.info("delay_partitions_revoked", topic=self.topic, partitions=gone)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, owner: DelayedConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._owner._assigned(assigned)

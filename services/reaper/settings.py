@@ -1,0 +1,41 @@
+"""Reaper settings: ``WAITROOM_REAPER_*`` plus the shared ``WAITROOM_*`` and ``KAFKA_*`` blocks."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from waitroom_platform.settings import CommonSettings, KafkaSettings
+
+
+class ReaperSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WAITROOM_REAPER_", extra="ignore")
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    #: consumer group over the delay topic; defaults to ``<prefix>.reaper``
+    group_id: str | None = None
+    #: health endpoint (``/healthz``, ``/readyz``, ``/metrics``); port 0 picks a free one
+    host: str = "127.0.0.1"
+    port: int = Field(default=8010, ge=0, le=65535)
+
+    #: heartbeats up to a ticket's deadline plus this must have been read before it expires
+    heartbeat_grace_s: float = Field(default=0.1, ge=0.0, le=5.0)
+    #: checks written within one tick fall due together, in one consumer round
+    check_tick_s: float = Field(default=1.0, ge=0.0, le=10.0)
+    #: an expiry still not applied after this is asked for again by the next durable check
+    resend_expire_after_s: float = Field(default=10.0, gt=0.0)
+    #: recovery reads heartbeats from now - max(room timeout) - this
+    recovery_margin_s: float = Field(default=30.0, ge=0.0)
+    #: Kafka group session timeout: how soon a crashed reaper's partitions move to another
+    session_timeout_ms: int = Field(default=6_000, ge=6_000, le=300_000)
+
+    @property
+    def group(self) -> str:
+        return self.group_id or f"{self.common.topic_prefix}.reaper"
+
+    @property
+    def heartbeat_group(self) -> str:
+        """Where the reaper commits how far it has dead-lettered the heartbeats (no membership)."""
+        return f"{self.group}.heartbeats"

@@ -1,0 +1,348 @@
+"""The reaper with ticketing, both as processes, against a real broker: expiry of silent tickets.
+
+Rooms here use a short heartbeat timeout (3-6 s) so the tests run in seconds; the default stays 20 s.
+The lateness bound is measured from the client's side: from the moment the last successful
+heartbeat was sent to the ``TicketExpired`` the sequencer wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from e2e.conftest import service_env
+from support.http import bearer, create_room, settle, ticket_status
+from support.kafka_log import read_topic
+
+from waitroom_events.codec import encode
+from waitroom_events.events import TicketAdmitted, TicketExpired
+from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.topics import TopicRegistry, dlq_name
+from waitroom_platform.kafka import partitions_of
+from waitroom_platform.procs import ServiceProcess, free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+#: the issue's bound: a silent ticket is expired within timeout + 1 s of its last heartbeat
+PRECISION_S = 1.0
+
+
+class ReaperLauncher:
+    def __init__(self, kafka_bootstrap: str, log_dir: Path) -> None:
+        self._bootstrap = kafka_bootstrap
+        self._log_dir = log_dir
+        self.started: list[ServiceProcess] = []
+
+    def __call__(self, topics: TopicRegistry) -> ServiceProcess:
+        port = free_port()
+        env = service_env(self._bootstrap, topics, WAITROOM_REAPER_PORT=str(port))
+        proc = ServiceProcess(
+            "reaper", "waitroom_reaper", env, self._log_dir / "reaper.log", f"http://127.0.0.1:{port}/readyz"
+        )
+        return self._start(proc)
+
+    def restart(self, proc: ServiceProcess) -> ServiceProcess:
+        return self._start(ServiceProcess(proc.name, proc.module, proc.env, proc.log_path, proc.ready_url))
+
+    def _start(self, proc: ServiceProcess) -> ServiceProcess:
+        self.started.append(proc.start())
+        proc.wait_ready(90)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            proc.stop()
+
+
+@pytest.fixture
+def launch_reaper(kafka_bootstrap: str, tmp_path: Path) -> Iterator[ReaperLauncher]:
+    launcher = ReaperLauncher(kafka_bootstrap, tmp_path)
+    yield launcher
+    launcher.stop_all()
+
+
+class Visitors:
+    """Tickets that heartbeat on their own until told to stop; notes each one's last good heartbeat."""
+
+    def __init__(self, http: httpx.AsyncClient, base: str, interval_s: float) -> None:
+        self.http = http
+        self.base = base
+        self.interval_s = interval_s
+        self.last_sent: dict[str, float] = {}
+        self.refused: dict[str, int] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, ticket: dict[str, Any]) -> None:
+        self._tasks[ticket["ticket_id"]] = asyncio.create_task(self._beat(ticket))
+
+    def stop(self, ticket: dict[str, Any]) -> None:
+        self._tasks.pop(ticket["ticket_id"]).cancel()
+
+    async def stop_all(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _beat(self, ticket: dict[str, Any]) -> None:
+        url = f"{self.base}/v1/rooms/{ticket['room_id']}/tickets/{ticket['ticket_id']}/heartbeat"
+        while True:
+            sent = time.time()
+            response = await self.http.post(url, headers=bearer(ticket["ticket_token"]))
+            if response.status_code == 200:
+                self.last_sent[ticket["ticket_id"]] = sent
+            else:
+                self.refused[ticket["ticket_id"]] = response.status_code
+            await asyncio.sleep(self.interval_s)
+
+
+async def join(
+    http: httpx.AsyncClient, base: str, room_id: str, on_joined: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Join and wait for the queue number; ``on_joined(ticket_id)`` runs as soon as the API answers."""
+    response = await http.post(f"{base}/v1/rooms/{room_id}/tickets")
+    assert response.status_code in (201, 202), response.text
+    body: dict[str, Any] = response.json()
+    if on_joined is not None:
+        on_joined(body["ticket_id"])
+    token = body["ticket_token"]  # returned once, at join
+    return {**await settle(http, base, body, token), "ticket_token": token}
+
+
+async def wait_for_state(
+    http: httpx.AsyncClient, base: str, ticket: dict[str, Any], wanted: str, timeout: float
+) -> float:
+    """Poll until the ticket's state is ``wanted`` (410 counts as expired); return when it was seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await ticket_status(http, base, ticket, ticket["ticket_token"])
+        state = "expired" if response.status_code == 410 else response.json().get("state")
+        if state == wanted:
+            return time.time()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"ticket {ticket['queue_no']} not {wanted} within {timeout} s")
+
+
+async def expired_events(bootstrap: str, topics: TopicRegistry, room_id: str) -> dict[str, TicketExpired]:
+    events = await read_topic(bootstrap, topics.room_events.name)
+    return {e.ticket_id: e for e in events if isinstance(e, TicketExpired) and e.room_id == room_id}
+
+
+async def test_two_of_three_tickets_stop_heartbeating_and_are_expired_within_the_timeout_plus_a_second(
+    topics: TopicRegistry, launch_ticketing: Any, launch_reaper: ReaperLauncher, kafka_bootstrap: str
+) -> None:
+    timeout_s = 3.0
+    launch_reaper(topics)
+    (svc,) = launch_ticketing(topics)
+    async with httpx.AsyncClient(timeout=30) as http:
+        await create_room(http, svc.url, "gig", capacity=3, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        tickets = [await join(http, svc.url, "gig") for _ in range(5)]
+        assert [t["state"] for t in tickets] == ["admitted"] * 3 + ["waiting"] * 2
+        visitors = Visitors(http, svc.url, interval_s=0.5)
+        for ticket in tickets:
+            visitors.start(ticket)
+        await asyncio.sleep(1.5)  # a few heartbeats each
+        silent, staying, next_in_line = tickets[:2], tickets[2], tickets[3:]
+        for ticket in silent:
+            visitors.stop(ticket)
+
+        for ticket in silent:
+            await wait_for_state(http, svc.url, ticket, "expired", timeout=timeout_s + 5)
+        for ticket in next_in_line:
+            await wait_for_state(http, svc.url, ticket, "admitted", timeout=5)
+        await asyncio.sleep(timeout_s + PRECISION_S)  # long enough for a wrong expiry of the others to show
+        await visitors.stop_all()
+        assert (await ticket_status(http, svc.url, staying, staying["ticket_token"])).json()["state"] == "admitted"
+
+    expired = await expired_events(kafka_bootstrap, topics, "gig")
+    assert set(expired) == {t["ticket_id"] for t in silent}
+    for ticket in silent:
+        event = expired[ticket["ticket_id"]]
+        lateness = event.at - visitors.last_sent[ticket["ticket_id"]] - timeout_s
+        assert event.last_heartbeat_at is not None
+        assert event.at - event.last_heartbeat_at >= timeout_s, "expired before its timeout"
+        assert lateness <= PRECISION_S, f"expired {lateness:.3f} s after its timeout"
+        assert event.was_admitted
+    assert visitors.refused == {}, "a heartbeating ticket was refused"
+    admitted = [e for e in await read_topic(kafka_bootstrap, topics.room_events.name) if isinstance(e, TicketAdmitted)]
+    assert {e.queue_no for e in admitted if e.room_id == "gig"} == {1, 2, 3, 4, 5}
+
+
+async def test_a_silent_waiting_ticket_is_expired_and_the_positions_behind_it_drop(
+    topics: TopicRegistry, launch_ticketing: Any, launch_reaper: ReaperLauncher, kafka_bootstrap: str
+) -> None:
+    timeout_s = 3.0
+    launch_reaper(topics)
+    (svc,) = launch_ticketing(topics)
+    async with httpx.AsyncClient(timeout=30) as http:
+        await create_room(http, svc.url, "line", capacity=1, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        first, quiet, *behind = [await join(http, svc.url, "line") for _ in range(4)]
+        assert [t["position"] for t in behind] == [1, 2]
+        visitors = Visitors(http, svc.url, interval_s=0.5)
+        for ticket in (first, *behind):
+            visitors.start(ticket)
+
+        await wait_for_state(http, svc.url, quiet, "expired", timeout=timeout_s + 5)
+        positions = [(await ticket_status(http, svc.url, t, t["ticket_token"])).json()["position"] for t in behind]
+        await visitors.stop_all()
+
+    assert positions == [0, 1]
+    expired = await expired_events(kafka_bootstrap, topics, "line")
+    assert set(expired) == {quiet["ticket_id"]}
+    event = expired[quiet["ticket_id"]]
+    assert not event.was_admitted
+    assert event.last_heartbeat_at is None  # never heartbeated: silent since it was issued
+    assert visitors.refused == {}
+
+
+class HeartbeatPump:
+    """Heartbeats straight onto the heartbeats topic, as the API writes them, for many tickets at once.
+
+    Two hundred visitors heartbeating over HTTP would measure this machine's HTTP stack (two cores
+    shared with the services); the reaper only ever sees the topic.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, interval_s: float) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        self._topic = topic
+        self._interval_s = interval_s
+        self.beating: dict[str, str] = {}  # ticket_id -> room_id
+        self.last_sent: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HeartbeatPump:
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._producer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            sends = []
+            for ticket_id, room_id in list(self.beating.items()):
+                at = time.time()
+                record = encode(Heartbeat(room_id=room_id, ticket_id=ticket_id, at=at))
+                sends.append(
+                    await self._producer.send(self._topic, record.value, key=record.key, headers=record.headers)
+                )
+                self.last_sent[ticket_id] = at
+            await asyncio.gather(*sends)
+            await asyncio.sleep(self._interval_s)
+
+
+async def test_a_reaper_killed_with_200_live_tickets_expires_none_that_kept_heartbeating_and_every_silent_one(
+    topics: TopicRegistry, launch_ticketing: Any, launch_reaper: ReaperLauncher, kafka_bootstrap: str
+) -> None:
+    timeout_s = 4.0
+    reaper = launch_reaper(topics)
+    (svc,) = launch_ticketing(topics)
+    limits = httpx.Limits(max_connections=50)
+    async with (
+        httpx.AsyncClient(timeout=60, limits=limits) as http,
+        HeartbeatPump(kafka_bootstrap, topics.heartbeats.name, interval_s=1.0) as pump,
+    ):
+        await create_room(http, svc.url, "crowd", capacity=50, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        tickets = []
+
+        def beat(ticket_id: str) -> None:
+            pump.beating[ticket_id] = "crowd"
+
+        for _ in range(4):
+            tickets.extend(await asyncio.gather(*(join(http, svc.url, "crowd", beat) for _ in range(50))))
+        silent, live = tickets[:20], tickets[20:]
+        await asyncio.sleep(2.0)
+        assert await expired_events(kafka_bootstrap, topics, "crowd") == {}, "expired while heartbeating"
+
+        reaper.kill()  # kill -9
+        for ticket in silent:
+            del pump.beating[ticket["ticket_id"]]
+        await asyncio.sleep(2.0)
+        launch_reaper.restart(reaper)
+
+        deadline = time.monotonic() + 60
+        while len(await expired_events(kafka_bootstrap, topics, "crowd")) < len(silent):
+            assert time.monotonic() < deadline, "not every silent ticket was expired after the restart"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2 * timeout_s)  # the live ones keep heartbeating: none of them may go
+        statuses = await asyncio.gather(*(ticket_status(http, svc.url, t, t["ticket_token"]) for t in live))
+
+    expired = await expired_events(kafka_bootstrap, topics, "crowd")
+    assert set(expired) == {t["ticket_id"] for t in silent}
+    assert [r.status_code for r in statuses] == [200] * len(live)
+
+
+async def raw_records(bootstrap: str, topic: str) -> list[Any]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                records.extend((await consumer.getmany(tp, timeout_ms=1000)).get(tp, []))
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def test_malformed_records_on_the_delay_and_heartbeat_topics_are_dead_lettered_and_the_reaper_keeps_working(
+    topics: TopicRegistry, launch_ticketing: Any, launch_reaper: ReaperLauncher, kafka_bootstrap: str
+) -> None:
+    timeout_s = 3.0
+    reaper = launch_reaper(topics)
+    (svc,) = launch_ticketing(topics)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        due_now = int((time.time() - 11) * 1000)  # stamped 11 s ago: due at once on a 10 s delay topic
+        for partition in range(topics.reaper_delay.partitions):
+            await producer.send_and_wait(
+                topics.reaper_delay.name,
+                b"{not json",
+                key=b"x",
+                partition=partition,
+                timestamp_ms=due_now,
+                headers=[("waitroom-type", b"waitroom.reaper.expiry-check.v1")],
+            )
+            await producer.send_and_wait(
+                topics.heartbeats.name,
+                b'{"room_id": "x", "ticket_id": 7, "at": "noon"}',
+                key=b"x",
+                partition=partition,
+                headers=[("waitroom-type", Heartbeat.TYPE.encode())],
+            )
+    finally:
+        await producer.stop()
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        await create_room(http, svc.url, "after", capacity=1, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        ticket = await join(http, svc.url, "after")
+        await wait_for_state(http, svc.url, ticket, "expired", timeout=timeout_s + 5)
+
+    partitions = topics.reaper_delay.partitions
+    deadline = time.monotonic() + 15
+    while True:
+        delay_dlq = await raw_records(kafka_bootstrap, dlq_name(topics.reaper_delay.name))
+        beats_dlq = await raw_records(kafka_bootstrap, dlq_name(topics.heartbeats.name))
+        if len(delay_dlq) >= partitions and len(beats_dlq) >= partitions or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert sorted(r.value for r in delay_dlq) == [b"{not json"] * partitions
+    assert len(beats_dlq) == partitions
+    assert all(dict(r.headers).get("waitroom-error") for r in delay_dlq + beats_dlq)
+    assert reaper.alive()
