@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from waitroom_platform.admin import ensure_topics
 from waitroom_platform.logging import configure_logging
+from waitroom_platform.telemetry import setup_telemetry
 from waitroom_reaper.health import HealthServer
 from waitroom_reaper.reaper import Reaper, ReaperOptions
 from waitroom_reaper.settings import ReaperSettings
@@ -79,7 +80,11 @@ def main() -> None:
         sys.stderr.write(f"waitroom-reaper: invalid settings\n{exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.common.log_level, settings.common.log_format, service="reaper")
-    asyncio.run(run(settings))
+    telemetry = setup_telemetry("reaper")
+    try:
+        asyncio.run(run(settings))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":
