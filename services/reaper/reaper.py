@@ -27,6 +27,8 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
 
 from waitroom_core.expiry import (
     check_timestamp,
@@ -44,11 +46,19 @@ from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.reaper import ExpiryCheck
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.delayed import DelayedConsumer, Record, due_at
-from waitroom_platform.kafka import make_consumer, make_producer, outgoing_headers, send_to_dead_letter
+from waitroom_platform.kafka import (
+    extract_context,
+    make_consumer,
+    make_producer,
+    outgoing_headers,
+    produce_span,
+    send_to_dead_letter,
+)
 from waitroom_platform.settings import KafkaSettings
 from waitroom_reaper.state import PartitionState, RoomEntry, TicketEntry
 
 log = structlog.get_logger()
+tracer = trace.get_tracer("waitroom.reaper")
 
 ROOM_EVENT_TYPES = (RoomConfigured, TicketIssued, TicketLeft, TicketExpired)
 #: a look that found the heartbeats not read up to the deadline yet tries again this much later
@@ -324,6 +334,10 @@ class Reaper:
         if not isinstance(event, ROOM_EVENT_TYPES):
             return
         shortened = state.apply(event)
+        if isinstance(event, TicketIssued):
+            _, issued = state.ticket(event.room_id, event.ticket_id)
+            if issued is not None and issued.trace is None:
+                issued.trace = extract_context(record.headers)
         if not live:
             return
         if shortened is not None:
@@ -356,6 +370,20 @@ class Reaper:
     # ---------------------------------------------------------------- durable checks
 
     async def _on_due(self, partition: int, records: Sequence[Record]) -> None:
+        """The due checks of one partition, as one span linked to whoever wrote each check."""
+        links = [Link(span_context) for span_context in map(_span_context, records) if span_context.is_valid]
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": self._topics.reaper_delay.name,
+            "messaging.destination.partition.id": str(partition),
+            "messaging.batch.message_count": len(records),
+            "messaging.consumer.group.name": self._options.group_id,
+        }
+        with tracer.start_as_current_span("reaper check", kind=SpanKind.CONSUMER, links=links, attributes=attributes):
+            await self._check_due(partition, records)
+
+    async def _check_due(self, partition: int, records: Sequence[Record]) -> None:
         state = self._owned.get(partition)
         if state is None:
             return
@@ -427,17 +455,19 @@ class Reaper:
         assert producer is not None
         sends = []
         for room_id in rooms:
-            record = encode(ExpiryCheck(room_id=room_id, scheduled_at=now), outgoing_headers())
-            sends.append(
-                producer.send(
-                    self._topics.reaper_delay.name,
-                    record.value,
-                    key=record.key,
-                    partition=state.partition,
-                    timestamp_ms=timestamp_ms,
-                    headers=record.headers,
+            check = ExpiryCheck(room_id=room_id, scheduled_at=now)
+            with produce_span(self._topics.reaper_delay.name, check, state.partition):
+                record = encode(check, outgoing_headers())
+                sends.append(
+                    producer.send(
+                        self._topics.reaper_delay.name,
+                        record.value,
+                        key=record.key,
+                        partition=state.partition,
+                        timestamp_ms=timestamp_ms,
+                        headers=record.headers,
+                    )
                 )
-            )
             self.metrics.check_records_written += 1
         return sends
 
@@ -509,16 +539,32 @@ class Reaper:
             command = ExpireRequested(
                 room_id=room_id, ticket_id=ticket_id, requested_at=now, last_heartbeat_at=entry.last_heartbeat_at
             )
-            record = encode(command, outgoing_headers())
-            sends.append(
-                producer.send(
-                    self._topics.commands.name,
-                    record.value,
-                    key=record.key,
-                    partition=state.partition,
-                    headers=record.headers,
+            # A child of the ticket's issue, so the join's trace shows its expiry; linked to the check
+            # (or nothing, for a look) that found the silence.
+            current = trace.get_current_span().get_span_context()
+            with (
+                tracer.start_as_current_span(
+                    "reaper expire",
+                    context=entry.trace,
+                    links=[Link(current)] if current.is_valid else None,
+                    attributes={
+                        "waitroom.room_id": room_id,
+                        "waitroom.ticket_id": ticket_id,
+                        "waitroom.silent_s": round(now - entry.last_seen, 3),
+                    },
+                ),
+                produce_span(self._topics.commands.name, command, state.partition),
+            ):
+                record = encode(command, outgoing_headers())
+                sends.append(
+                    producer.send(
+                        self._topics.commands.name,
+                        record.value,
+                        key=record.key,
+                        partition=state.partition,
+                        headers=record.headers,
+                    )
                 )
-            )
             self.metrics.expiries_requested += 1
             log.info(
                 "expiry_requested",
@@ -533,6 +579,10 @@ class Reaper:
         assert self._producer is not None
         self.metrics.dead_lettered += 1
         await (await send_to_dead_letter(self._producer, record, error))
+
+
+def _span_context(record: Record) -> trace.SpanContext:
+    return trace.get_current_span(extract_context(record.headers)).get_span_context()
 
 
 def _decode_check(record: Record) -> ExpiryCheck:

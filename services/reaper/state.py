@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
 from waitroom_core.expiry import TicketClock
 from waitroom_core.room import DEFAULT_HEARTBEAT_TIMEOUT_S
 from waitroom_events.base import Message
@@ -23,6 +25,8 @@ class TicketEntry:
     expire_sent_at: float | None = None
     #: the armed final-approach look, if any (a heap entry at another time is stale)
     look_at: float | None = None
+    #: trace context of the record that issued the ticket: its expiry continues the join's trace
+    trace: Context | None = None
 
     @property
     def last_seen(self) -> float:
