@@ -1,0 +1,308 @@
+"""The faust app: tables folded from room-events, snapshots on a timer, thresholds on snapshots.
+
+Tables (each changelogged, partitioned like room-events, so partition ``p`` of every table holds the
+rooms of partition ``p`` of the log):
+
+* ``gauges``   room -> live gauges (:class:`waitroom_core.windows.Gauges`)
+* ``seconds``  (room, 1-second tumbling window by event time) -> :class:`Bucket`; kept 15 minutes
+* ``tickets``  "room/queue_no" -> join time of a live ticket, for its wait at admission
+* ``alerts``   room -> :class:`AlertState` (open alerts, hysteresis)
+
+faust commits offsets at least once, and its ``exactly_once`` mode is not usable (docs/adr/0004).
+So every table value carries the offset of the last record applied to it (``o``): after a crash the
+records replayed from the last committed offset find their effect already in the recovered table
+and are skipped. Counts after a restart equal counts before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import faust
+import structlog
+from aiokafka.structs import ConsumerRecord
+from faust.types import EventT, WindowT
+
+from waitroom_core.thresholds import AlertState, evaluate
+from waitroom_core.windows import (
+    BUCKET_RETENTION_S,
+    Bucket,
+    Gauges,
+    add_to_bucket,
+    counts_bucket,
+    evolve_gauges,
+    is_live,
+    second_of,
+    snapshot,
+)
+from waitroom_events.codec import DecodeError, decode, encode
+from waitroom_events.events import RoomConfigured, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
+from waitroom_events.stats import RoomStats
+from waitroom_events.topics import TopicSpec, dlq_name
+from waitroom_platform.kafka import dead_letter_headers, outgoing_headers
+from waitroom_stats.settings import StatsSettings
+from waitroom_stats.transport import CommittedReadTransport
+
+log = structlog.get_logger()
+
+ROOM_EVENTS = (RoomConfigured, TicketIssued, TicketAdmitted, TicketLeft, TicketExpired)
+OFFSET = "o"
+
+
+class StatsApp(faust.App):
+    """faust.App reading the log ``read_committed`` (see :mod:`waitroom_stats.transport`)."""
+
+    def _new_transport(self) -> Any:
+        return CommittedReadTransport(self.conf.broker_consumer, self)
+
+
+def headers_of(event: EventT) -> list[tuple[str, bytes]]:
+    raw = event.message.headers
+    if isinstance(raw, Mapping):
+        return list(raw.items())
+    return list(raw or ())
+
+
+def as_record(event: EventT) -> ConsumerRecord[Any, Any]:
+    """The faust message in aiokafka's shape, for the shared dead-letter headers."""
+    m = event.message
+    return ConsumerRecord(
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        timestamp=int(m.timestamp * 1000),
+        timestamp_type=0,
+        key=m.key,
+        value=m.value,
+        checksum=None,
+        serialized_key_size=len(m.key or b""),
+        serialized_value_size=len(m.value or b""),
+        headers=headers_of(event),
+    )
+
+
+class Stats:
+    """The app and what its agents and timer do; built by :func:`build`."""
+
+    def __init__(self, settings: StatsSettings) -> None:
+        self.settings = settings
+        registry = settings.common.topics()
+        self.registry = registry
+        partitions = registry.room_events.partitions
+        brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap_servers.split(",")]
+        self.app = StatsApp(
+            settings.group_id,
+            broker=brokers,
+            broker_client_id=f"{settings.kafka.client_id}-stats",
+            broker_credentials=_credentials(settings),
+            store="memory://",
+            web_enabled=False,
+            autodiscover=False,
+            datadir=str(settings.data_path),
+            topic_partitions=partitions,
+            topic_allow_declare=True,
+            # A worker snapshots the rooms in its tables: standby copies would snapshot them twice.
+            table_standby_replicas=0,
+            table_cleanup_interval=30.0,
+            broker_commit_interval=settings.commit_interval_s,
+            # A worker that died must hand its partitions over in seconds, not faust's default minute.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_linger=0.002,
+            stream_wait_empty=False,
+        )
+        app = self.app
+        # Records are the codec's JSON with the type in a header: faust passes the bytes through.
+        self.room_events = self._raw_topic(registry.room_events.name, partitions)
+        self.room_stats = self._raw_topic(registry.room_stats.name, partitions)
+        self.alerts_topic = self._raw_topic(registry.alerts.name, partitions)
+        self.gauges = app.Table("gauges", default=dict, partitions=partitions)
+        # One bucket per room and event-time second; 1-second windows make the 5-minute view
+        # slide by the second, and each event touches one key (see waitroom_core.windows).
+        self.seconds = app.Table("seconds", default=dict, partitions=partitions).tumbling(
+            1.0, expires=float(BUCKET_RETENTION_S)
+        )
+        self.tickets = app.Table("tickets", default=float, partitions=partitions)
+        self.alert_states = app.Table("alerts", default=dict, partitions=partitions)
+        self.events_applied = 0
+        self.events_skipped = 0
+
+        @app.agent(self.room_events, name="fold-room-events")
+        async def fold_room_events(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                await self.on_room_event(event)
+
+        @app.agent(self.room_stats, name="evaluate-thresholds")
+        async def evaluate_thresholds(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                await self.on_snapshot(event)
+
+        @app.timer(settings.snapshot_interval_s, name="publish-snapshots")
+        async def publish_snapshots() -> None:
+            await self.publish_snapshots(time.time())
+
+    def _raw_topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
+        return self.app.topic(
+            name, partitions=partitions, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    @property
+    def window(self) -> WindowT:
+        return cast(WindowT, self.seconds.table.window)
+
+    # ---------------------------------------------------------------- topics faust writes
+
+    def changelog_specs(self) -> list[TopicSpec]:
+        """faust's changelog topics, created by us with the log's partition count (faust would use its own)."""
+        n = self.registry.room_events.partitions
+        compact = {"cleanup.policy": "compact"}
+        windowed = {"cleanup.policy": "compact,delete", "retention.ms": str(2 * BUCKET_RETENTION_S * 1000)}
+        return [
+            TopicSpec(self.gauges.changelog_topic.get_topic_name(), n, compact),
+            TopicSpec(self.seconds.table.changelog_topic.get_topic_name(), n, windowed),
+            TopicSpec(self.tickets.changelog_topic.get_topic_name(), n, compact),
+            TopicSpec(self.alert_states.changelog_topic.get_topic_name(), n, compact),
+        ]
+
+    # ---------------------------------------------------------------- room events
+
+    async def on_room_event(self, event: EventT) -> None:
+        try:
+            message = decode(event.message.value, headers_of(event))
+        except DecodeError as exc:
+            await self._dead_letter(event, exc)
+            return
+        if isinstance(message, ROOM_EVENTS):
+            self.apply(message, event.message.offset, event.message.partition)
+
+    def apply(self, message: Any, offset: int, partition: int) -> None:
+        """Apply one room event to the tables, each part at most once (see the module docstring)."""
+        room_id = message.room_id
+        stored = self.gauges.get(room_id) or {}
+        if offset > stored.get(OFFSET, -1):
+            gauges = evolve_gauges(Gauges.from_json(stored), message)
+            self.gauges[room_id] = {**gauges.to_json(), OFFSET: offset, "partition": partition}
+            self.events_applied += 1
+        else:
+            self.events_skipped += 1
+        ticket_key = f"{room_id}/{getattr(message, 'queue_no', 0)}"
+        if isinstance(message, TicketIssued):
+            self.tickets[ticket_key] = message.at
+        if counts_bucket(message):
+            window_key = (room_id, self.window.current(float(second_of(message.at))))
+            stored_bucket = self.seconds.table.get(window_key) or {}
+            if offset > stored_bucket.get(OFFSET, -1):
+                issued_at = self.tickets.get(ticket_key) if isinstance(message, TicketAdmitted) else None
+                bucket = add_to_bucket(Bucket.from_json(stored_bucket), message, issued_at)
+                self.seconds.table[window_key] = {**bucket.to_json(), OFFSET: offset}
+        # A ticket's join time is kept until it ends (not only until its admission), so an admission
+        # replayed after a crash still finds it.
+        if isinstance(message, TicketLeft | TicketExpired) and ticket_key in self.tickets:
+            del self.tickets[ticket_key]
+
+    # ---------------------------------------------------------------- snapshots
+
+    def bucket_lookup(self, room_id: str) -> Any:
+        table = self.seconds.table
+        window = self.window
+
+        def lookup(second: int) -> Bucket | None:
+            data = table.get((room_id, window.current(float(second))))
+            return Bucket.from_json(data) if data else None
+
+        return lookup
+
+    def snapshots(self, now: float) -> list[tuple[int, RoomStats]]:
+        """The snapshot of every live room in this worker's partitions, with its partition."""
+        out = []
+        for room_id, stored in list(self.gauges.items()):
+            gauges = Gauges.from_json(stored)
+            if not gauges.configured or not is_live(gauges, now, 2 * self.settings.snapshot_interval_s):
+                continue
+            out.append((int(stored["partition"]), snapshot(room_id, gauges, self.bucket_lookup(room_id), now)))
+        return out
+
+    async def publish_snapshots(self, now: float) -> None:
+        recovered = self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        if self.app.rebalancing or self.app.in_recovery or not recovered:
+            return  # tables are partial until recovery ends: a snapshot now would understate counts
+        for partition, stats in self.snapshots(now):
+            await self._send(self.room_stats, stats, partition)
+
+    # ---------------------------------------------------------------- thresholds
+
+    async def on_snapshot(self, event: EventT) -> None:
+        try:
+            message = decode(event.message.value, headers_of(event))
+        except DecodeError as exc:
+            await self._dead_letter(event, exc)
+            return
+        if not isinstance(message, RoomStats):
+            return
+        if time.time() - message.at > self.settings.alert_max_age_s:
+            return  # an old snapshot replayed: alerting on it now would page about the past
+        stored = self.alert_states.get(message.room_id) or {}
+        if event.message.offset <= stored.get(OFFSET, -1):
+            return
+        rules = self.settings.rules_for(message.room_id)
+        state, alerts = evaluate(rules, AlertState.from_json(stored), message, message.at)
+        # Alerts first: a crash between the two repeats an alert (same alert_id) rather than losing it.
+        for alert in alerts:
+            await self._send(self.alerts_topic, alert, event.message.partition)
+            log.info(
+                "threshold_" + ("breached" if alert.TYPE.endswith("breached.v1") else "recovered"),
+                room_id=alert.room_id,
+                rule=alert.rule,
+                value=alert.value,
+                threshold=alert.threshold,
+                alert_id=alert.alert_id,
+            )
+        self.alert_states[message.room_id] = {**state.to_json(), OFFSET: event.message.offset}
+
+    # ---------------------------------------------------------------- output
+
+    async def _send(self, topic: Any, message: Any, partition: int) -> None:
+        record = encode(message, outgoing_headers())
+        delivery = await topic.send(key=record.key, value=record.value, headers=record.headers, partition=partition)
+        await delivery
+
+    async def _dead_letter(self, event: EventT, error: BaseException) -> None:
+        record = as_record(event)
+        log.warning(
+            "record_dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=str(error)[:300],
+        )
+        dlq = self._raw_topic(dlq_name(record.topic))
+        delivery = await dlq.send(
+            key=record.key, value=record.value, headers=dead_letter_headers(record, error), partition=record.partition
+        )
+        await delivery
+
+
+def _credentials(settings: StatsSettings) -> Any:
+    kafka = settings.kafka
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=_ssl_context(settings),
+        )
+    if kafka.security_protocol.endswith("SSL"):
+        return faust.SSLCredentials(_ssl_context(settings))
+    return None
+
+
+def _ssl_context(settings: StatsSettings) -> Any:
+    if not settings.kafka.security_protocol.endswith("SSL"):
+        return None
+    from aiokafka.helpers import create_ssl_context
+
+    return create_ssl_context(cafile=settings.kafka.ssl_cafile)

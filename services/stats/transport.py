@@ -1,0 +1,40 @@
+"""faust's Kafka transport, with the two consumer settings faust 0.15 does not expose.
+
+* ``isolation_level``: faust reads ``read_uncommitted`` unless ``processing_guarantee`` is
+  ``exactly_once``. The sequencer writes room-events in transactions; a sequencer that dies
+  mid-transaction leaves records that are later aborted and written again by its successor. Read
+  uncommitted, stats would count those events twice. We read ``read_committed``, like every other
+  reader of the log.
+* ``fetch_max_wait_ms``: hard-coded to 1500 in faust's driver. We use the platform's value.
+
+Both are set on the aiokafka consumer faust builds, before it starts (see docs/adr/0004).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiokafka
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+FETCH_MAX_WAIT_MS = 20
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka keeps both as plain attributes until start() builds its fetcher.
+        if not (hasattr(consumer, "_isolation_level") and hasattr(consumer, "_fetch_max_wait_ms")):
+            raise RuntimeError("aiokafka changed its consumer internals; review waitroom_stats.transport")
+        consumer._isolation_level = "read_committed"
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class CommittedReadTransport(faust_aiokafka.Transport):
+    Consumer = _Consumer
