@@ -23,6 +23,7 @@ from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.sequencer import Sequencer, SequencerOptions
 from waitroom_ticketing.settings import TicketingSettings
+from waitroom_ticketing.stats_view import StatsView
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
 
 log = structlog.get_logger()
@@ -56,12 +57,15 @@ async def run(settings: TicketingSettings) -> None:
 
     producer = None
     read_model = None
+    stats_view: StatsView | None = None
     server: uvicorn.Server | None = None
     if settings.role in ("all", "api"):
         producer = make_producer(settings.kafka)
         await producer.start()
         read_model = ReadModel(settings.kafka, topics.room_events.name)
         await read_model.start()
+        stats_view = StatsView(settings.kafka, topics.room_stats.name)
+        await stats_view.start()
         assert settings.admin_token is not None and settings.ticket_secret is not None
         services = Services(
             topics=topics,
@@ -74,6 +78,7 @@ async def run(settings: TicketingSettings) -> None:
             join_wait_s=settings.join_wait_s,
             publish_timeout_s=settings.publish_timeout_s,
             is_ready=lambda: read_model.ready and (sequencer is None or sequencer.ready.is_set()),
+            stats=stats_view,
         )
         app = create_app(services)
         instrument_fastapi(app)
@@ -104,6 +109,8 @@ async def run(settings: TicketingSettings) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if stats_view is not None:
+        await stats_view.stop()
     if read_model is not None:
         await read_model.stop()
     if producer is not None:

@@ -30,6 +30,7 @@ from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import Publisher
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import JoinRefused, ReadModel
+from waitroom_ticketing.stats_view import StatsView
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
 
 log = structlog.get_logger()
@@ -89,6 +90,7 @@ class Services:
         publish_timeout_s: float,
         clock: Callable[[], float] = time.time,
         is_ready: Callable[[], bool] | None = None,
+        stats: StatsView | None = None,
     ) -> None:
         self.topics = topics
         self.publisher = publisher
@@ -101,6 +103,7 @@ class Services:
         self.publish_timeout_s = publish_timeout_s
         self.clock = clock
         self.is_ready = is_ready or (lambda: read_model.ready)
+        self.stats = stats
 
     async def publish(self, topic: str, message: Message) -> None:
         try:
@@ -126,7 +129,7 @@ class Services:
             "queue_no": ticket.queue_no,
             "state": ticket.state.value,
             "position": room.position(ticket),
-            "estimated_wait_s": None,
+            "estimated_wait_s": self.estimated_wait(room, ticket),
             "heartbeat_interval_s": config.heartbeat_interval_s,
             "heartbeat_timeout_s": config.heartbeat_timeout_s,
             "entry_token": entry_token,
@@ -137,8 +140,17 @@ class Services:
     def pending_view(room_id: str, ticket_id: str, ticket_token: str | None = None) -> dict[str, Any]:
         return {"ticket_id": ticket_id, "room_id": room_id, "state": "pending", "ticket_token": ticket_token}
 
-    @staticmethod
-    def room_view(room: RoomState) -> dict[str, Any]:
+    def estimated_wait(self, room: RoomState, ticket: Ticket | None = None) -> float | None:
+        """Wait of ``ticket`` (or of the last in line) at the recent admission pace; None without a pace yet."""
+        if ticket is not None and ticket.state is not TicketState.WAITING:
+            return 0.0 if ticket.state is TicketState.ADMITTED else None
+        position = room.position(ticket) if ticket is not None else room.waiting - 1
+        if position < 0:
+            return 0.0
+        per_admission = self.stats.seconds_per_admission(room.room_id) if self.stats is not None else None
+        return None if per_admission is None else round((position + 1) * per_admission, 1)
+
+    def room_view(self, room: RoomState) -> dict[str, Any]:
         assert room.config is not None
         return {
             "room_id": room.room_id,
@@ -146,7 +158,7 @@ class Services:
             "active": room.active,
             "waiting": room.waiting,
             "last_queue_no": room.last_queue_no,
-            "estimated_wait_s": None,
+            "estimated_wait_s": self.estimated_wait(room),
             "paused": room.config.paused,
         }
 
@@ -358,6 +370,16 @@ async def get_room(room_id: RoomId, svc: Svc) -> dict[str, Any]:
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
     return svc.admin_room_view(room)
+
+
+@admin.get("/rooms/{room_id}/stats")
+async def room_stats(room_id: RoomId, svc: Svc) -> dict[str, Any]:
+    svc.require_ready()
+    if svc.read_model.room(room_id) is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    if svc.stats is None:
+        raise ApiError(503, "stats_unavailable", "this replica does not follow the statistics topic")
+    return svc.stats.describe(room_id)
 
 
 @admin.post("/rooms/{room_id}/admit", status_code=202)
