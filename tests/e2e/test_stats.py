@@ -22,11 +22,11 @@ from support.http import admin_headers, bearer, create_room
 
 from waitroom_core.windows import minute_start
 from waitroom_events.base import Message
-from waitroom_events.codec import decode
+from waitroom_events.codec import HEADER_TYPE, decode, encode
 from waitroom_events.events import RoomConfigured, RoomEvent, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 from waitroom_events.topics import TopicRegistry
-from waitroom_platform.kafka import Publisher, partitions_of
+from waitroom_platform.kafka import HEADER_SOURCE_TOPIC, Publisher, partitions_of
 from waitroom_platform.procs import ServiceProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -135,6 +135,24 @@ async def publisher(kafka_bootstrap: str) -> AsyncIterator[Publisher]:
     await producer.stop()
 
 
+async def read_raw(bootstrap: str, topic: str) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out = []
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    out.append((r.value, list(r.headers)))
+        return out
+    finally:
+        await consumer.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # the scripted scenario
 
@@ -220,12 +238,31 @@ async def publish_all(publisher: Publisher, topic: str, events: list[RoomEvent])
         await publisher.publish(topic, event)
 
 
+async def publish_aborted(bootstrap: str, topic: str, event: RoomEvent) -> None:
+    """Write ``event`` in a transaction that is then aborted, as a sequencer that dies mid-batch would."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"ghost-{time.time_ns()}")
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        record = encode(event)
+        await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+
 async def test_a_scripted_scenario_gives_exact_window_counts_and_wait_percentiles(
-    topics: TopicRegistry, launch_stats: StatsLauncher, publisher: Publisher, follow: Any
+    topics: TopicRegistry, launch_stats: StatsLauncher, publisher: Publisher, follow: Any, kafka_bootstrap: str
 ) -> None:
     base = minute_start(time.time()) - 120  # two closed minutes ago: every event is in the past
     first, second = scripted("scripted", base)
-    await publish_all(publisher, topics.room_events.name, first + second)
+    await publish_all(publisher, topics.room_events.name, first)
+    # Neither an aborted event nor a poison record counts; the poison one is parked on the DLQ.
+    ghost = TicketIssued(room_id="scripted", ticket_id="ghost", queue_no=99, at=base + 3)
+    await publish_aborted(kafka_bootstrap, topics.room_events.name, ghost)
+    poison = [(HEADER_TYPE, TicketIssued.TYPE.encode())]
+    await publisher.producer.send_and_wait(topics.room_events.name, b"{not json", key=b"scripted", headers=poison)
+    await publish_all(publisher, topics.room_events.name, second)
     stats_topic = await follow(topics.room_stats.name)
 
     launch_stats(topics)
@@ -237,6 +274,9 @@ async def test_a_scripted_scenario_gives_exact_window_counts_and_wait_percentile
     assert counts_1m(snap) == expected_1m(base, snap)
     assert (snap.capacity, snap.active, snap.waiting, snap.paused) == (2, 2, 1, False)
     assert snap.last_admission_at == base + 90
+    dead = await read_raw(kafka_bootstrap, f"{topics.room_events.name}.dlq")
+    assert [value for value, _ in dead] == [b"{not json"]
+    assert (HEADER_SOURCE_TOPIC, topics.room_events.name.encode()) in dead[0][1]
     # Every snapshot of the room, before and after, is consistent with the log: none counts too much.
     await stats_topic.wait_for(of_room("scripted"), timeout=10, after=stats_topic.messages.index(snap) + 3)
     for s in stats_topic.messages:
