@@ -136,6 +136,12 @@ SERVICES: list[DevService] = [
         urls=_moto_urls,
     ),
     DevService(name="notifier", module="waitroom_notifier", env=_notifier_env),
+    # Statistics (faust): faust's data folder under the stack's data dir, not the working directory.
+    DevService(
+        name="stats",
+        module="waitroom_stats",
+        env=lambda ctx: {"WAITROOM_STATS_DATA_DIR": str(ctx.data_dir / "stats")},
+    ),
 ]
 
 
