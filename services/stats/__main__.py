@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from waitroom_platform.admin import ensure_topics
 from waitroom_platform.logging import configure_logging
+from waitroom_platform.telemetry import setup_telemetry
 from waitroom_stats.app import Stats
 from waitroom_stats.settings import StatsSettings
 
@@ -29,6 +30,7 @@ def main() -> None:
         sys.stderr.write(f"waitroom-stats: invalid settings\n{exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.common.log_level, settings.common.log_format, service="stats")
+    telemetry = setup_telemetry("stats")
     stats = Stats(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -49,7 +51,10 @@ def main() -> None:
         redirect_stdouts=False,
         override_logging=False,
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        telemetry.shutdown()
 
 
 def _admin_options(settings: StatsSettings) -> dict[str, object]:
