@@ -17,6 +17,7 @@ and are skipped. Counts after a restart equal counts before.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -24,6 +25,8 @@ import faust
 import structlog
 from aiokafka.structs import ConsumerRecord
 from faust.types import EventT, WindowT
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext
 
 from waitroom_core.thresholds import AlertState, evaluate
 from waitroom_core.windows import (
@@ -41,11 +44,21 @@ from waitroom_events.codec import DecodeError, decode, encode
 from waitroom_events.events import RoomConfigured, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
 from waitroom_events.stats import RoomStats
 from waitroom_events.topics import TopicSpec, dlq_name
-from waitroom_platform.kafka import dead_letter_headers, outgoing_headers
+from waitroom_platform.kafka import (
+    consume_span,
+    dead_letter_headers,
+    message_attributes,
+    outgoing_headers,
+    produce_span,
+)
 from waitroom_stats.settings import StatsSettings
 from waitroom_stats.transport import CommittedReadTransport
 
 log = structlog.get_logger()
+tracer = trace.get_tracer("waitroom.stats")
+
+#: a snapshot links to at most this many of the events it summarises (the latest ones)
+MAX_SNAPSHOT_LINKS = 32
 
 ROOM_EVENTS = (RoomConfigured, TicketIssued, TicketAdmitted, TicketLeft, TicketExpired)
 OFFSET = "o"
@@ -130,6 +143,8 @@ class Stats:
         self.alert_states = app.Table("alerts", default=dict, partitions=partitions)
         self.events_applied = 0
         self.events_skipped = 0
+        #: per room, the spans of the events folded since its last snapshot (what the snapshot links to)
+        self.unsnapshotted: dict[str, deque[SpanContext]] = {}
 
         @app.agent(self.room_events, name="fold-room-events")
         async def fold_room_events(stream: faust.StreamT[bytes]) -> None:
@@ -177,7 +192,10 @@ class Stats:
             await self._dead_letter(event, exc)
             return
         if isinstance(message, ROOM_EVENTS):
-            self.apply(message, event.message.offset, event.message.partition)
+            with consume_span(as_record(event), self.settings.group_id, message) as span:
+                self.apply(message, event.message.offset, event.message.partition)
+            recent = self.unsnapshotted.setdefault(message.room_id, deque(maxlen=MAX_SNAPSHOT_LINKS))
+            recent.append(span.get_span_context())
 
     def apply(self, message: Any, offset: int, partition: int) -> None:
         """Apply one room event to the tables, each part at most once (see the module docstring)."""
@@ -231,7 +249,10 @@ class Stats:
         if self.app.rebalancing or self.app.in_recovery or not recovered:
             return  # tables are partial until recovery ends: a snapshot now would understate counts
         for partition, stats in self.snapshots(now):
-            await self._send(self.room_stats, stats, partition)
+            # A snapshot sums up many visitors: its own trace, linked to the events it is the first to include.
+            links = [Link(context) for context in self.unsnapshotted.pop(stats.room_id, ()) if context.is_valid]
+            with tracer.start_as_current_span("stats snapshot", links=links, attributes=message_attributes(stats)):
+                await self._send(self.room_stats, stats, partition)
 
     # ---------------------------------------------------------------- thresholds
 
@@ -243,6 +264,10 @@ class Stats:
             return
         if not isinstance(message, RoomStats):
             return
+        with consume_span(as_record(event), self.settings.group_id, message):
+            await self._evaluate(event, message)
+
+    async def _evaluate(self, event: EventT, message: RoomStats) -> None:
         if time.time() - message.at > self.settings.alert_max_age_s:
             return  # an old snapshot replayed: alerting on it now would page about the past
         stored = self.alert_states.get(message.room_id) or {}
@@ -266,8 +291,9 @@ class Stats:
     # ---------------------------------------------------------------- output
 
     async def _send(self, topic: Any, message: Any, partition: int) -> None:
-        record = encode(message, outgoing_headers())
-        delivery = await topic.send(key=record.key, value=record.value, headers=record.headers, partition=partition)
+        with produce_span(topic.get_topic_name(), message, partition):
+            record = encode(message, outgoing_headers())
+            delivery = await topic.send(key=record.key, value=record.value, headers=record.headers, partition=partition)
         await delivery
 
     async def _dead_letter(self, event: EventT, error: BaseException) -> None:
