@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -125,9 +126,20 @@ def fresh_topics(bootstrap: str, partitions: int) -> TopicRegistry:
 
 
 def ticketing_process(
-    bootstrap: str, topics: TopicRegistry, work_dir: Path, name: str = "ticketing", **extra: str
+    bootstrap: str,
+    topics: TopicRegistry,
+    work_dir: Path,
+    name: str = "ticketing",
+    *,
+    telemetry: bool = False,
+    **extra: str,
 ) -> ServiceProcess:
-    """A ticketing process (not started) configured the way the end-to-end tests run it."""
+    """A ticketing process (not started) configured the way the end-to-end tests run it.
+
+    Telemetry is off unless asked for: the baseline has none, and with no ``OTEL_*`` settings the
+    service would print every span to its log (the development default), which no deployment does.
+    With ``telemetry`` the process gets this environment's ``OTEL_*`` settings as they are.
+    """
     from waitroom_ticketing.tokens import write_private_key
 
     keys_dir = work_dir / "jwt-keys"
@@ -146,6 +158,7 @@ def ticketing_process(
         "WAITROOM_TICKETING_TICKET_SECRET": TICKET_SECRET,
         "WAITROOM_TICKETING_JWT_KEYS_DIR": str(keys_dir),
         "WAITROOM_TICKETING_JOIN_RATE_PER_IP": "0",  # one client address makes every request: no limit
+        **({} if telemetry else {"OTEL_SDK_DISABLED": "true"}),
         **extra,
     }
     proc = ServiceProcess(name, "waitroom_ticketing", env, work_dir / f"{name}.log")
@@ -196,6 +209,18 @@ def command_line() -> str:
     return shlex.join(["python", "-m", name, *sys.argv[1:]])
 
 
+def code_version() -> str:
+    """The commit measured, and whether the working tree differed from it."""
+
+    def git(*argv: str) -> str:
+        result = subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return f"commit {commit}" + (f" with uncommitted changes in {len(changed)} files" if changed else "")
+
+
 def run_facts(broker: Broker) -> str:
     facts = machine_facts()
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -205,6 +230,7 @@ def run_facts(broker: Broker) -> str:
             f"- date: {now}",
             f"- machine: {facts['cpus']} CPUs ({facts['cpu_model']}), Linux {facts['kernel']}, "
             f"Python {facts['python']}; load average at start {facts['load_at_start']}",
+            f"- code: {code_version()}",
             f"- broker: {broker.description}",
             "- other processes (other engineers' test runs) may have been running on the same machine: "
             "absolute figures are noisy; compare rows of the same run.",

@@ -65,10 +65,12 @@ class Row:
 # setting up
 
 
-def start_servers(broker: Broker, work_dir: Path, partitions: int) -> tuple[ServiceProcess, ServiceProcess]:
+def start_servers(
+    broker: Broker, work_dir: Path, partitions: int, telemetry: bool
+) -> tuple[ServiceProcess, ServiceProcess]:
     topics = fresh_topics(broker.bootstrap, partitions)
     say(f"topics under {topics.commands.name.removesuffix('.commands')}; starting ticketing and the baseline ...")
-    ticketing = ticketing_process(broker.bootstrap, topics, work_dir).start()
+    ticketing = ticketing_process(broker.bootstrap, topics, work_dir, telemetry=telemetry).start()
     port = free_port()
     baseline = ServiceProcess(
         "baseline",
@@ -176,6 +178,12 @@ def _statuses(result: LoadResult) -> str:
     return ", ".join(f"{status}×{n}" for status, n in sorted(result.statuses.items()))
 
 
+def _cpu_ms_per_request(row: Row) -> float | None:
+    if row.server_cores is None or row.result.throughput <= 0:
+        return None
+    return row.server_cores / row.result.throughput * 1000
+
+
 def results_table(rows: list[Row]) -> str:
     headers = [
         "shape",
@@ -190,6 +198,7 @@ def results_table(rows: list[Row]) -> str:
         "max ms",
         "client CPU (cores)",
         "server CPU (cores)",
+        "server CPU ms/request",
         "Kafka CPU (cores)",
     ]
     body = [
@@ -206,6 +215,7 @@ def results_table(rows: list[Row]) -> str:
             _f(r.result.max_ms, 1),
             _f(r.result.cores),
             _f(r.server_cores),
+            _f(_cpu_ms_per_request(r)),
             _f(r.broker_cores),
         ]
         for r in rows
@@ -242,6 +252,16 @@ def reading(rows: list[Row], cpus: int) -> list[str]:
             f"- {shape}: ticketing serves {r['throughput'] * 100:.0f} % of the bare endpoint's throughput "
             f"with {r['p50']:.1f}× its median latency."
         )
+    by = {(r.shape, r.target): r for r in rows}
+    for shape in dict.fromkeys(r.shape for r in rows):
+        w, b = by[(shape, "waitroom")], by[(shape, "baseline")]
+        w_ms, b_ms = _cpu_ms_per_request(w), _cpu_ms_per_request(b)
+        if w_ms is not None and b_ms is not None and w.server_cores is not None and w.server_cores > 0.7:
+            lines.append(
+                f"- {shape}: the ticketing process used {w.server_cores:.2f} cores, {w_ms:.2f} ms of CPU per request "
+                f"against {b_ms:.2f} ms for the bare endpoint: one Python process (one event loop) near a full "
+                "core is what bounds its throughput, not Kafka or the client."
+            )
     for row in rows:
         used = sum(c for c in (row.result.cores, row.server_cores, row.broker_cores) if c is not None)
         if row.result.cores > 0.8:
@@ -273,7 +293,13 @@ def report(args: argparse.Namespace, client: str, client_note: str, broker: Brok
         f"- load generator: {client_note}; {args.connections} connections, {args.threads} thread(s), "
         f"{args.duration:g} s per row after a {args.warmup:g} s warm-up, at most {args.max_requests} requests per row",
         f"- ticketing: one process (API + sequencer), {args.partitions} partitions per room topic, join rate "
-        "limit off, transactions on, INFO logs; baseline: `bench/baseline_app.py`, the same uvicorn options "
+        "limit off, transactions on, INFO logs, "
+        + (
+            "telemetry per this environment's OTEL_* settings"
+            if args.telemetry
+            else "telemetry off (OTEL_SDK_DISABLED)"
+        )
+        + "; baseline: `bench/baseline_app.py`, the same uvicorn options "
         "(one process, access log off, log level warning, `Server.serve()` in `asyncio.run`)",
         f"- join: `POST /v1/rooms/{JOIN_ROOM}/tickets`, a room of capacity {args.capacity}, so all but the first "
         f"{args.capacity} joins wait; a 201 means the sequencer issued the ticket and the API's read model saw it "
@@ -308,6 +334,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=12, help="partitions of each room topic (default 12)")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="run ticketing with this environment's OTEL_* settings (default: telemetry off, like the baseline)",
+    )
+    parser.add_argument(
         "--write-docs", action="store_true", help=f"write the '## {SECTION}' section of docs/benchmarks.md"
     )
     return parser.parse_args(argv)
@@ -330,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("WARNING", "console", service="bench")  # library logs to stderr; stdout is the report
     client, client_note = choose_client(args.client)
     with tempfile.TemporaryDirectory(prefix="waitroom-bench-") as tmp, broker_for_bench(Path(tmp)) as broker:
-        ticketing, baseline = start_servers(broker, Path(tmp), args.partitions)
+        ticketing, baseline = start_servers(broker, Path(tmp), args.partitions, args.telemetry)
         try:
             ticketing_url = base_url(ticketing)
             create_room(ticketing_url, JOIN_ROOM, args.capacity)

@@ -281,6 +281,7 @@ def conclusion(results: list[Recovery]) -> list[str]:
             if largest.fold_events_per_s < 2 * rate
             else "reading from Kafka costs about as much as the fold itself."
         ),
+        *_fixed_cost(results, rate),
         f"- A visitor costs about {events_per_visitor:.1f} events (issued, admitted, left), so a million "
         f"events is roughly {1e6 / events_per_visitor:,.0f} visitors.",
         "- While a partition recovers, its rooms' joins are not sequenced (the API answers 202 pending after "
@@ -310,6 +311,17 @@ def conclusion(results: list[Recovery]) -> list[str]:
         "e.g. by a snapshot that omits them, bounds it further."
     )
     return lines
+
+
+def _fixed_cost(results: list[Recovery], rate: float) -> list[str]:
+    smallest = min(results, key=lambda r: r.events)
+    if len(results) < 2 or rate <= 0:
+        return []
+    fixed = smallest.sequencer_s - smallest.events / rate
+    return [
+        f"- About {max(0.0, fixed):.1f} s of every recovery does not depend on the log (starting the fencing "
+        f"transactional producer, looking up the committed offset): it dominates the {smallest.events:,}-event row."
+    ]
 
 
 def report(broker: Broker, results: list[Recovery]) -> str:
