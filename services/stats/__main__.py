@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import structlog
 from faust import Worker
@@ -57,7 +58,7 @@ def main() -> None:
         telemetry.shutdown()
 
 
-def _admin_options(settings: StatsSettings) -> dict[str, object]:
+def _admin_options(settings: StatsSettings) -> dict[str, Any]:
     options = settings.kafka.client_kwargs()
     options.pop("bootstrap_servers", None)
     return options
