@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from waitroom_platform.kafka import Publisher, make_producer
 from waitroom_platform.logging import configure_logging
+from waitroom_platform.metrics import RoomDepths, register_room_gauges
 from waitroom_platform.telemetry import instrument_fastapi, setup_telemetry
 from waitroom_ticketing.api import Services, create_app
 from waitroom_ticketing.ratelimit import RateLimiter
@@ -36,6 +37,13 @@ def build_signer(settings: TicketingSettings) -> EntryTokenSigner:
         )
     log.warning("ephemeral_signing_key", reason="WAITROOM_TICKETING_JWT_KEYS_DIR not set (development)")
     return EntryTokenSigner.ephemeral(settings.jwt_issuer, settings.entry_token_ttl_s)
+
+
+def room_depths(read_model: ReadModel) -> RoomDepths:
+    """Queue depth per room for the ``waitroom.room.*`` gauges, read off the read model."""
+    return lambda: [
+        (room.room_id, room.waiting, room.active) for room in list(read_model.rooms.values()) if room.exists
+    ]
 
 
 async def run(settings: TicketingSettings) -> None:
@@ -64,6 +72,7 @@ async def run(settings: TicketingSettings) -> None:
         await producer.start()
         read_model = ReadModel(settings.kafka, topics.room_events.name)
         await read_model.start()
+        register_room_gauges(room_depths(read_model))
         stats_view = StatsView(settings.kafka, topics.room_stats.name)
         await stats_view.start()
         assert settings.admin_token is not None and settings.ticket_secret is not None
