@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"  {label:<23} {url}")
         if trace_ui is not None:
             _say(f"  traces (Zipkin)         {trace_ui.ui_url}")
+            _say(f"  OTLP/HTTP endpoint      {trace_ui.otel_env()['OTEL_EXPORTER_OTLP_ENDPOINT']}")
         _say(f"  admin token             {DEV_ADMIN_TOKEN} (development only)")
         _say(f"  logs                    {data_dir / 'logs'}")
         _say("Press Ctrl-C to stop.")
