@@ -372,7 +372,7 @@ class Reaper:
     async def _on_due(self, partition: int, records: Sequence[Record]) -> None:
         """The due checks of one partition, as one span linked to whoever wrote each check."""
         links = [Link(span_context) for span_context in map(_span_context, records) if span_context.is_valid]
-        attributes = {
+        attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
             "messaging.operation.type": "process",
             "messaging.destination.name": self._topics.reaper_delay.name,
