@@ -47,8 +47,17 @@ def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     # The embedded default, whatever cluster the test session itself uses.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WAITROOM_", "KAFKA_"))}
     return subprocess.Popen(
-        [sys.executable, "-m", "waitroom_platform.devstack", "--data-dir", str(data_dir), "--port", str(port),
-         "--partitions", "3"],
+        [
+            sys.executable,
+            "-m",
+            "waitroom_platform.devstack",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--partitions",
+            "3",
+        ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
