@@ -73,17 +73,26 @@ def process_cpu_s(pid: int) -> float | None:
     return (utime + stime) / _TICKS
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every CPU of the machine spent not idle since boot (all processes, ours or not)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
 class CpuMeter:
     """CPU used by a set of processes between ``start()`` and ``stop()``, in cores (CPU s / wall s)."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self._pids = {name: pid for name, pid in pids.items() if pid is not None}
         self._before: dict[str, float | None] = {}
+        self._machine_before = 0.0
         self._started = 0.0
         self.cores: dict[str, float | None] = {}
 
     def start(self) -> None:
         self._before = {name: process_cpu_s(pid) for name, pid in self._pids.items()}
+        self._machine_before = machine_busy_s()
         self._started = time.monotonic()
 
     def stop(self) -> dict[str, float | None]:
@@ -91,6 +100,7 @@ class CpuMeter:
         for name, pid in self._pids.items():
             before, after = self._before.get(name), process_cpu_s(pid)
             self.cores[name] = None if before is None or after is None else (after - before) / wall
+        self.cores["machine"] = (machine_busy_s() - self._machine_before) / wall
         return self.cores
 
 
