@@ -80,35 +80,56 @@ def _refuse_constant(name: str) -> Any:
     raise DecodeError(f"{name} is not valid JSON")
 
 
+@dataclass(frozen=True, slots=True)
+class _FieldRule:
+    name: str
+    base: str
+    optional: bool
+    allowed: tuple[type, ...] | None
+
+
+_SIMPLE: dict[str, tuple[type, ...]] = {"str": (str,), "float": (int, float), "int": (int,), "bool": (bool,)}
+
+
+_RULES: dict[type[Message], tuple[_FieldRule, ...]] = {}
+
+
+def _rules(cls: type[Message]) -> tuple[_FieldRule, ...]:
+    """The JSON type rule of every field of ``cls``, worked out once per class (decoding is hot on replay)."""
+    rules = _RULES.get(cls)
+    if rules is None:
+        found = []
+        for f in dataclasses.fields(cls):
+            annotation = str(f.type).replace(" ", "")
+            base = annotation.removesuffix("|None")
+            found.append(_FieldRule(f.name, base, annotation.endswith("|None"), _SIMPLE.get(base)))
+        rules = _RULES[cls] = tuple(found)
+    return rules
+
+
 def from_dict(cls: type[Message], data: dict[str, Any]) -> Message:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {name: data[name] for name in known if name in data}
+    rules = _rules(cls)
+    kwargs = {rule.name: data[rule.name] for rule in rules if rule.name in data}
     try:
         message = cls(**kwargs)
     except TypeError as exc:
         raise DecodeError(f"{cls.TYPE}: {exc}") from exc
-    _check_types(message, known)
+    _check_types(message, rules)
     return message
 
 
-_SIMPLE = {"str": (str,), "float": (int, float), "int": (int,), "bool": (bool,)}
-
-
-def _check_types(message: Message, fields: dict[str, dataclasses.Field[Any]]) -> None:
+def _check_types(message: Message, rules: tuple[_FieldRule, ...]) -> None:
     """Reject values of the wrong JSON type, so a poison record fails here, not deep in a handler."""
-    for name, f in fields.items():
-        value = getattr(message, name)
-        annotation = str(f.type).replace(" ", "")
-        optional = annotation.endswith("|None")
-        base = annotation.removesuffix("|None")
+    for rule in rules:
+        value = getattr(message, rule.name)
         if value is None:
-            if optional:
+            if rule.optional:
                 continue
-            raise DecodeError(f"{message.TYPE}: field {name!r} must not be null")
-        allowed = _SIMPLE.get(base)
+            raise DecodeError(f"{message.TYPE}: field {rule.name!r} must not be null")
+        allowed = rule.allowed
         if allowed is None:
             continue
         if isinstance(value, bool) and bool not in allowed:
-            raise DecodeError(f"{message.TYPE}: field {name!r} must be {base}, got bool")
+            raise DecodeError(f"{message.TYPE}: field {rule.name!r} must be {rule.base}, got bool")
         if not isinstance(value, allowed):
-            raise DecodeError(f"{message.TYPE}: field {name!r} must be {base}, got {type(value).__name__}")
+            raise DecodeError(f"{message.TYPE}: field {rule.name!r} must be {rule.base}, got {type(value).__name__}")
