@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 import uvicorn
@@ -131,6 +133,15 @@ async def run(settings: TicketingSettings) -> None:
     log.info("ticketing_stopped")
 
 
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop where installed (uvicorn[standard] brings it): the same asyncio code, a faster loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def main() -> None:
     try:
         settings = TicketingSettings()
@@ -140,7 +151,7 @@ def main() -> None:
     configure_logging(settings.common.log_level, settings.common.log_format, service="ticketing")
     telemetry = setup_telemetry("ticketing")
     try:
-        asyncio.run(run(settings))
+        event_loop_runner()(run(settings))
     finally:
         telemetry.shutdown()
 
