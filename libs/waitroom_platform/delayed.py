@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeAlias
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 
 from waitroom_platform.kafka import make_consumer
@@ -42,6 +43,10 @@ class AssignmentListener(Protocol):
     async def on_assigned(self, partitions: list[int]) -> None: ...
 
     async def on_revoked(self, partitions: list[int]) -> None: ...
+
+
+#: how often the loop looks whether a partition's listener has finished preparing it
+PREPARING_POLL_S = 0.05
 
 
 def due_at(record: Record, delay_s: float) -> float:
@@ -80,6 +85,8 @@ class DelayedConsumer:
         self._consumer_options = consumer_options
         self._consumer: AIOKafkaConsumer | None = None
         self._buffers: dict[int, deque[Record]] = {}
+        #: assigned, but the listener is still preparing them: records are kept, not handed over yet
+        self._preparing: set[int] = set()
         self._lock = asyncio.Lock()
         self.ready = asyncio.Event()
         #: records handed to the handler since start (for metrics and tests)
@@ -134,13 +141,18 @@ class DelayedConsumer:
             for partition, buffer in self._buffers.items():
                 now = self._clock()
                 due: list[Record] = []
-                while buffer and self._is_due(buffer[0], now):
+                while buffer and partition not in self._preparing and self._is_due(buffer[0], now):
                     due.append(buffer.popleft())
                 tp = TopicPartition(self.topic, partition)
                 if due:
                     await self._handler(partition, due)
                     self.handled += len(due)
-                    await consumer.commit({tp: due[-1].offset + 1})
+                    try:
+                        await consumer.commit({tp: due[-1].offset + 1})
+                    except (CommitFailedError, IllegalStateError) as exc:
+                        # A rebalance took the partition meanwhile: its next owner gets these records
+                        # again, which idempotent handlers allow.
+                        log.warning("delay_commit_failed", topic=self.topic, partition=partition, error=repr(exc))
                 # A head that is not due yet holds its partition: nothing behind it can be due first.
                 if buffer:
                     if tp not in consumer.paused():
@@ -149,22 +161,32 @@ class DelayedConsumer:
                     consumer.resume(tp)
 
     def _wait_ms(self) -> int:
+        """How long the next fetch may wait: until the earliest head is due, at most ``idle_poll_s``."""
         now = self._clock()
         wait = self._idle_poll_s
-        for buffer in self._buffers.values():
-            if buffer:
+        if self._preparing:
+            wait = PREPARING_POLL_S  # the listener may finish any moment; it cannot wake the fetch
+        for partition, buffer in self._buffers.items():
+            if buffer and partition not in self._preparing:
                 wait = min(wait, due_at(buffer[0], self.delay_s) - now)
-        return max(0, int(wait * 1000) + 1)
+        # Never 0: a zero-timeout fetch returns without yielding, and the loop would starve every other task.
+        return max(1, int(wait * 1000) + 1)
 
     # ---------------------------------------------------------------- ownership
 
     async def _assigned(self, partitions: Iterable[TopicPartition]) -> None:
         new = sorted(tp.partition for tp in partitions if tp.partition not in self._buffers)
-        if new and self._listener is not None:
-            await self._listener.on_assigned(new)
+        # aiokafka fetches a partition as soon as it is assigned, while the listener still runs: keep
+        # what arrives meanwhile, and hand it over only once the listener is done.
         async with self._lock:
             for partition in new:
                 self._buffers[partition] = deque()
+                self._preparing.add(partition)
+        try:
+            if new and self._listener is not None:
+                await self._listener.on_assigned(new)
+        finally:
+            self._preparing.difference_update(new)
         log.info("delay_partitions_assigned", topic=self.topic, partitions=new, owned=self.owned)
         self.ready.set()
 

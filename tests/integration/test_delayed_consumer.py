@@ -145,6 +145,50 @@ async def test_only_handled_records_are_committed_so_a_failed_handler_gets_the_r
     assert again.values() == [b"r3", b"r4", b"r5"]
 
 
+class SlowListener:
+    """Prepares each assigned partition slowly, as the reaper does while it replays the log."""
+
+    def __init__(self, handler: Recorder) -> None:
+        self.handler = handler
+        self.prepared: set[int] = set()
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            await asyncio.sleep(0.5)
+            assert not [r for r, _ in self.handler.handled if r.partition == partition], "handed over too early"
+            self.prepared.add(partition)
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        self.prepared.difference_update(partitions)
+
+
+async def test_records_fetched_while_the_listener_prepares_a_partition_are_kept_and_handed_over_after_it(
+    topics: TopicRegistry, kafka_bootstrap: str
+) -> None:
+    topic = topics.reaper_delay.name
+    past = time.time() - DELAY_S - 1
+    await produce(kafka_bootstrap, topic, [(p, f"p{p}".encode(), past) for p in range(3)])
+    handler = Recorder()
+    listener = SlowListener(handler)
+    consumer = DelayedConsumer(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        topic,
+        DELAY_S,
+        handler,
+        group_id=f"g-{uuid4().hex}",
+        listener=listener,
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await until(lambda: len(handler.handled) == 3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    assert sorted(handler.values()) == [b"p0", b"p1", b"p2"]
+    assert listener.prepared == {0, 1, 2}
+
+
 async def test_a_record_stamped_far_in_the_future_does_not_block_its_partition(
     topics: TopicRegistry, kafka_bootstrap: str
 ) -> None:
