@@ -135,6 +135,15 @@ SERVICES: list[DevService] = [
         args=lambda ctx: ("-H", "127.0.0.1", "-p", str(ctx.port("moto"))),
         urls=_moto_urls,
     ),
+    # Expiry of silent tickets: its own health port, ready once it owns and has rebuilt its partitions.
+    DevService(
+        name="reaper",
+        module="waitroom_reaper",
+        env=lambda ctx: {"WAITROOM_REAPER_PORT": str(ctx.port("reaper"))},
+        ready_path="/readyz",
+        port_of=lambda ctx: ctx.port("reaper"),
+        urls=lambda ctx: {"reaper metrics": f"http://127.0.0.1:{ctx.port('reaper')}/metrics"},
+    ),
     DevService(name="notifier", module="waitroom_notifier", env=_notifier_env),
     # Statistics (faust): faust's data folder under the stack's data dir, not the working directory.
     DevService(
