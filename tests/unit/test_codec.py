@@ -47,6 +47,7 @@ from waitroom_events.events import (
     TicketLeft,
 )
 from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.reaper import ExpiryCheck
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -64,6 +65,7 @@ EXAMPLES: dict[str, Message] = {
     for example in [
         JoinRequested(room_id=ROOM, ticket_id="tk-7f3a", requested_at=AT, idempotency_key="idem-42"),
         LeaveRequested(room_id=ROOM, ticket_id="tk-7f3a", requested_at=AT),
+        ExpiryCheck(room_id=ROOM, scheduled_at=AT),
         ExpireRequested(
             room_id=ROOM, ticket_id="tk-7f3a", requested_at=AT, last_heartbeat_at=AT - 21.5, reason="operator"
         ),
