@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from waitroom_events.topics import TopicSpec
+from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +89,14 @@ async def ensure_topics(
         await _wait_for_leaders(admin, wanted, timeout_s)
     finally:
         await admin.close()
+
+
+async def ensure_service_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], *, timeout_s: float = 60.0) -> None:
+    """:func:`ensure_topics` with a service's own connection and security settings."""
+    options = kafka.client_kwargs()
+    bootstrap = str(options.pop("bootstrap_servers"))
+    options.pop("client_id", None)
+    await ensure_topics(bootstrap, specs, timeout_s=timeout_s, **options)
 
 
 async def partition_counts(bootstrap_servers: str, names: Sequence[str], **client_options: Any) -> dict[str, int]:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
 
-from waitroom_platform.admin import TopicPartitionMismatch, ensure_topics
+from waitroom_platform.admin import TopicPartitionMismatch, ensure_service_topics
 from waitroom_platform.logging import configure_logging
 from waitroom_platform.settings import CommonSettings, KafkaSettings
 
@@ -22,19 +21,12 @@ def main() -> int:
     configure_logging(common.log_level, common.log_format, service="topics")
     specs = common.topics().all()
     try:
-        asyncio.run(ensure_topics(kafka.bootstrap_servers, specs, **_options(kafka)))
+        asyncio.run(ensure_service_topics(kafka, specs))
     except TopicPartitionMismatch as exc:
         sys.stderr.write(f"waitroom-topics: {exc}\n")
         return 1
     sys.stdout.write(f"{len(specs)} topics ready under prefix {common.topic_prefix!r}\n")
     return 0
-
-
-def _options(kafka: KafkaSettings) -> dict[str, Any]:
-    options = kafka.client_kwargs()
-    options.pop("bootstrap_servers")
-    options.pop("client_id", None)
-    return options
 
 
 if __name__ == "__main__":

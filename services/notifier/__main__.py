@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
 import structlog
-from pydantic import ValidationError
 
 from waitroom_notifier.aws import Backoff, Rejected, call_until_accepted, make_client
 from waitroom_notifier.forwarder import AlertHandler, Forwarder, MetricsHandler
 from waitroom_notifier.provisioning import Provisioned, TopicNotFound, provision
 from waitroom_notifier.settings import NotifierSettings
 from waitroom_notifier.sinks import CloudWatchMetrics, SnsAlerts
-from waitroom_platform.logging import configure_logging
-from waitroom_platform.telemetry import instrument_botocore, setup_telemetry
+from waitroom_platform.service import load_settings, service_context
+from waitroom_platform.telemetry import instrument_botocore
 
 log = structlog.get_logger()
 
@@ -139,18 +137,10 @@ async def run(settings: NotifierSettings) -> int:
 
 
 def main() -> None:
-    try:
-        settings = NotifierSettings()
-    except ValidationError as exc:
-        sys.stderr.write(f"waitroom-notifier: invalid settings\n{exc}\n")
-        raise SystemExit(2) from None
-    configure_logging(settings.common.log_level, settings.common.log_format, service="notifier")
-    telemetry = setup_telemetry("notifier")
-    instrument_botocore()
-    try:
+    settings = load_settings(NotifierSettings, "notifier")
+    with service_context("notifier", settings.common):
+        instrument_botocore()
         code = asyncio.run(run(settings))
-    finally:
-        telemetry.shutdown()
     raise SystemExit(code)
 
 

@@ -9,15 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-import sys
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
-from waitroom_platform.admin import ensure_topics
-from waitroom_platform.logging import configure_logging
-from waitroom_platform.telemetry import setup_telemetry
+from waitroom_platform.admin import ensure_service_topics
+from waitroom_platform.service import load_settings, service_context
 from waitroom_reaper.health import HealthServer
 from waitroom_reaper.reaper import Reaper, ReaperOptions
 from waitroom_reaper.settings import ReaperSettings
@@ -40,8 +37,7 @@ def build_reaper(settings: ReaperSettings) -> Reaper:
 
 async def run(settings: ReaperSettings) -> None:
     topics = settings.common.topics()
-    client_options = {k: v for k, v in settings.kafka.client_kwargs().items() if k != "bootstrap_servers"}
-    await ensure_topics(settings.kafka.bootstrap_servers, topics.all(), **client_options)
+    await ensure_service_topics(settings.kafka, topics.all())
 
     reaper = build_reaper(settings)
 
@@ -74,17 +70,9 @@ async def run(settings: ReaperSettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = ReaperSettings()
-    except ValidationError as exc:
-        sys.stderr.write(f"waitroom-reaper: invalid settings\n{exc}\n")
-        raise SystemExit(2) from None
-    configure_logging(settings.common.log_level, settings.common.log_format, service="reaper")
-    telemetry = setup_telemetry("reaper")
-    try:
+    settings = load_settings(ReaperSettings, "reaper")
+    with service_context("reaper", settings.common):
         asyncio.run(run(settings))
-    finally:
-        telemetry.shutdown()
 
 
 if __name__ == "__main__":

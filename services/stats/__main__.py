@@ -8,16 +8,12 @@ finishes the event in hand, commits, and flushes its producer.
 from __future__ import annotations
 
 import asyncio
-import sys
-from typing import Any
 
 import structlog
 from faust import Worker
-from pydantic import ValidationError
 
-from waitroom_platform.admin import ensure_topics
-from waitroom_platform.logging import configure_logging
-from waitroom_platform.telemetry import setup_telemetry
+from waitroom_platform.admin import ensure_service_topics
+from waitroom_platform.service import load_settings, service_context
 from waitroom_stats.app import Stats
 from waitroom_stats.settings import StatsSettings
 
@@ -25,18 +21,17 @@ log = structlog.get_logger()
 
 
 def main() -> None:
-    try:
-        settings = StatsSettings()
-    except ValidationError as exc:
-        sys.stderr.write(f"waitroom-stats: invalid settings\n{exc}\n")
-        raise SystemExit(2) from None
-    configure_logging(settings.common.log_level, settings.common.log_format, service="stats")
-    telemetry = setup_telemetry("stats")
+    settings = load_settings(StatsSettings, "stats")
+    with service_context("stats", settings.common):
+        _run(settings)
+
+
+def _run(settings: StatsSettings) -> None:
     stats = Stats(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     specs = [*settings.common.topics().all(), *stats.changelog_specs()]
-    loop.run_until_complete(ensure_topics(settings.kafka.bootstrap_servers, specs, **_admin_options(settings)))
+    loop.run_until_complete(ensure_service_topics(settings.kafka, specs))
     settings.data_path.mkdir(parents=True, exist_ok=True)
     log.info(
         "stats_starting",
@@ -52,16 +47,7 @@ def main() -> None:
         redirect_stdouts=False,
         override_logging=False,
     )
-    try:
-        worker.execute_from_commandline()
-    finally:
-        telemetry.shutdown()
-
-
-def _admin_options(settings: StatsSettings) -> dict[str, Any]:
-    options = settings.kafka.client_kwargs()
-    options.pop("bootstrap_servers", None)
-    return options
+    worker.execute_from_commandline()
 
 
 if __name__ == "__main__":

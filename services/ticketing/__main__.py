@@ -9,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
 import uvicorn
-from pydantic import ValidationError
 
 from waitroom_platform.kafka import Publisher, make_producer
-from waitroom_platform.logging import configure_logging
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
-from waitroom_platform.telemetry import instrument_fastapi, setup_telemetry
+from waitroom_platform.service import load_settings, service_context
+from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_app
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
@@ -143,17 +141,9 @@ def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 
 def main() -> None:
-    try:
-        settings = TicketingSettings()
-    except ValidationError as exc:
-        sys.stderr.write(f"waitroom-ticketing: invalid settings\n{exc}\n")
-        raise SystemExit(2) from None
-    configure_logging(settings.common.log_level, settings.common.log_format, service="ticketing")
-    telemetry = setup_telemetry("ticketing")
-    try:
+    settings = load_settings(TicketingSettings, "ticketing")
+    with service_context("ticketing", settings.common):
         event_loop_runner()(run(settings))
-    finally:
-        telemetry.shutdown()
 
 
 if __name__ == "__main__":
