@@ -2,7 +2,7 @@
 
 No Kafka, no read model, no tokens: what is left is FastAPI, uvicorn, path validation and a JSON body
 of a ticket's size. Served exactly like ``python -m waitroom_ticketing``: one process, the uvicorn
-options of its composition root, ``Server.serve()`` inside ``asyncio.run`` (so the same event loop),
+options of its composition root, ``Server.serve()`` on uvloop where installed (so the same event loop),
 structlog at the same level. The ratio of ticketing's figures to these is what waitroom itself costs.
 
 ``python -m bench.baseline_app --port 8001``
@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         timeout_keep_alive=75,
         backlog=4096,
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(uvicorn.Server(config).serve())
+    else:
+        uvloop.run(uvicorn.Server(config).serve())
 
 
 if __name__ == "__main__":

@@ -306,7 +306,7 @@ def report(args: argparse.Namespace, client: str, client_note: str, broker: Brok
             else "telemetry off (OTEL_SDK_DISABLED)"
         )
         + "; baseline: `bench/baseline_app.py`, the same uvicorn options "
-        "(one process, access log off, log level warning, `Server.serve()` in `asyncio.run`)",
+        "(one process, access log off, log level warning, `Server.serve()` on uvloop, as ticketing)",
         f"- join: `POST /v1/rooms/{JOIN_ROOM}/tickets`, a room of capacity {args.capacity}, so all but the first "
         f"{args.capacity} joins wait; a 201 means the sequencer issued the ticket and the API's read model saw it "
         "(the full path through Kafka); the baseline answers a ticket-sized JSON at once",
