@@ -5,7 +5,7 @@
 PYTHON ?= python3
 STAMP := .cache/installed.stamp
 
-.PHONY: dev test lint unit install clean
+.PHONY: dev test lint unit browser install clean
 
 install: $(STAMP)
 
@@ -25,10 +25,15 @@ lint: install
 	lint-imports
 
 unit: install
-	$(PYTHON) -m pytest -m "not integration and not e2e"
+	$(PYTHON) -m pytest -m "not integration and not e2e and not browser"
 
-test: lint
+test: lint browser
 	$(PYTHON) -m pytest
+
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf .cache var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -31,7 +31,11 @@ from waitroom_platform.admin import ensure_topics, wait_for_broker
 from waitroom_platform.broker import EmbeddedKafka
 
 TESTS_DIR = Path(__file__).parent
-LAYER_MARKERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+LAYER_MARKERS = {
+    "integration": pytest.mark.integration,
+    "e2e": pytest.mark.e2e,
+    "browser": pytest.mark.browser,
+}
 BROKER_FIXTURES = {"kafka_bootstrap", "topics"}
 
 

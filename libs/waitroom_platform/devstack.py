@@ -88,6 +88,7 @@ def _ticketing_urls(ctx: DevContext) -> dict[str, str]:
     return {
         "API": base,
         "API docs (OpenAPI)": f"{base}/docs",
+        "demo waiting page": f"{base}/wait/demo",
         "demo room status": f"{base}/v1/rooms/demo",
         "JWKS": f"{base}/.well-known/jwks.json",
     }

@@ -17,7 +17,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +28,7 @@ from waitroom_events.commands import AdmitRequested, JoinRequested, LeaveRequest
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import Publisher
+from waitroom_ticketing.page import render_page
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import JoinRefused, ReadModel
 from waitroom_ticketing.stats_view import StatsView
@@ -312,6 +313,17 @@ async def room_status(room_id: RoomId, svc: Svc) -> dict[str, Any]:
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
     return svc.room_view(room)
+
+
+@public.get("/wait/{room_id}", include_in_schema=False)
+async def waiting_page(room_id: RoomId, svc: Svc) -> Response:
+    """The visitor's page over the calls above (services/ticketing/page.py)."""
+    svc.require_ready()
+    room = svc.read_model.room(room_id)
+    if room is None or room.config is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    body, headers = render_page(room_id, room.config.target_url)
+    return HTMLResponse(body, headers=headers)
 
 
 @public.get("/.well-known/jwks.json")

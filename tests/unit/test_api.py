@@ -158,3 +158,21 @@ async def test_admin_room_listing_shows_configuration_and_counters(api: Any) -> 
     assert listing[0]["active"] == 1 and listing[1]["target_url"] == "https://site.example/"
     one = await api.http.get("/v1/admin/rooms/nope", headers=ADMIN)
     assert one.status_code == 404 and one.json()["error"] == "room_not_found"
+
+
+async def test_the_waiting_page_carries_a_fresh_csp_nonce_and_embeds_the_room_safely(api: Any) -> None:
+    await _room(api, "shop", target_url="https://site.example/?a=</script><script>alert(1)</script>")
+    page = await api.http.get("/wait/shop")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["Content-Security-Policy"]
+    nonce = csp.split("'nonce-", 1)[1].split("'", 1)[0]
+    assert f'<script nonce="{nonce}">' in page.text
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    assert "</script><script>alert(1)" not in page.text, "a target URL must not close the script element"
+    assert page.headers["Cache-Control"] == "no-store"
+    again = await api.http.get("/wait/shop")
+    assert again.headers["Content-Security-Policy"] != csp, "every response has its own nonce"
+    missing = await api.http.get("/wait/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "room_not_found"
+    malformed = await api.http.get("/wait/bad%20room!")
+    assert malformed.status_code == 422 and malformed.json()["error"] == "invalid_request"
