@@ -159,6 +159,7 @@ PAGE = """<!doctype html>
 </html>
 """
 
+
 def render_page(room_id: str, target_url: str | None) -> tuple[str, dict[str, str]]:
     """The page for ``room_id`` and the headers it must be served with (its CSP nonce is fresh)."""
     nonce = secrets.token_urlsafe(16)
