@@ -37,14 +37,35 @@ class TicketingProcess(ServiceProcess):
         return f"http://127.0.0.1:{self.env['WAITROOM_TICKETING_PORT']}"
 
 
-class TicketingLauncher:
-    """Starts ticketing processes (API + sequencer each) and stops every one it started."""
+class Launcher:
+    """Starts service processes for one test, restarts them like a supervisor, stops every one."""
 
-    def __init__(self, kafka_bootstrap: str, log_dir: Path, keys_dir: Path) -> None:
+    def __init__(self, kafka_bootstrap: str, log_dir: Path) -> None:
         self._bootstrap = kafka_bootstrap
         self._log_dir = log_dir
+        self.started: list[ServiceProcess] = []
+
+    def start(self, proc: ServiceProcess, ready_timeout: float = 90) -> ServiceProcess:
+        self.started.append(proc.start())
+        proc.wait_ready(ready_timeout)
+        return proc
+
+    def restart(self, proc: ServiceProcess, ready_timeout: float = 90) -> ServiceProcess:
+        """The same service again, same port and settings: a supervisor's restart after a crash."""
+        again = type(proc)(proc.name, proc.module, proc.env, proc.log_path, proc.ready_url, proc.args)
+        return self.start(again, ready_timeout)
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            proc.stop()
+
+
+class TicketingLauncher(Launcher):
+    """Starts ticketing processes (API + sequencer each)."""
+
+    def __init__(self, kafka_bootstrap: str, log_dir: Path, keys_dir: Path) -> None:
+        super().__init__(kafka_bootstrap, log_dir)
         self._keys_dir = keys_dir
-        self.started: list[TicketingProcess] = []
 
     def __call__(self, topics: TopicRegistry, n: int = 1, **extra: str) -> list[TicketingProcess]:
         procs = []
@@ -70,16 +91,10 @@ class TicketingLauncher:
             proc.wait_ready(90)
         return procs
 
-    def restart(self, proc: TicketingProcess) -> TicketingProcess:
-        """The same service again, same port and settings: a supervisor's restart after a crash."""
-        again = TicketingProcess(proc.name, proc.module, proc.env, proc.log_path, proc.ready_url)
-        self.started.append(again.start())
-        again.wait_ready(90)
+    def restart(self, proc: ServiceProcess, ready_timeout: float = 90) -> TicketingProcess:
+        again = super().restart(proc, ready_timeout)
+        assert isinstance(again, TicketingProcess)
         return again
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            proc.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from e2e.conftest import service_env
+from e2e.conftest import Launcher, service_env
 from support.http import bearer, create_room, settle, ticket_status
 from support.kafka_log import read_topic
 
@@ -33,31 +33,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 PRECISION_S = 1.0
 
 
-class ReaperLauncher:
-    def __init__(self, kafka_bootstrap: str, log_dir: Path) -> None:
-        self._bootstrap = kafka_bootstrap
-        self._log_dir = log_dir
-        self.started: list[ServiceProcess] = []
-
+class ReaperLauncher(Launcher):
     def __call__(self, topics: TopicRegistry) -> ServiceProcess:
         port = free_port()
         env = service_env(self._bootstrap, topics, WAITROOM_REAPER_PORT=str(port))
         proc = ServiceProcess(
             "reaper", "waitroom_reaper", env, self._log_dir / "reaper.log", f"http://127.0.0.1:{port}/readyz"
         )
-        return self._start(proc)
-
-    def restart(self, proc: ServiceProcess) -> ServiceProcess:
-        return self._start(ServiceProcess(proc.name, proc.module, proc.env, proc.log_path, proc.ready_url))
-
-    def _start(self, proc: ServiceProcess) -> ServiceProcess:
-        self.started.append(proc.start())
-        proc.wait_ready(90)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            proc.stop()
+        return self.start(proc)
 
 
 @pytest.fixture

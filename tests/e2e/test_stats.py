@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from e2e.conftest import service_env
+from e2e.conftest import Launcher, service_env
 from support.http import admin_headers, bearer, create_room
 
 from waitroom_core.windows import minute_start
@@ -32,12 +32,7 @@ from waitroom_platform.procs import ServiceProcess
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-class StatsLauncher:
-    def __init__(self, kafka_bootstrap: str, log_dir: Path) -> None:
-        self._bootstrap = kafka_bootstrap
-        self._log_dir = log_dir
-        self.started: list[ServiceProcess] = []
-
+class StatsLauncher(Launcher):
     def __call__(self, topics: TopicRegistry, **extra: str) -> ServiceProcess:
         env = service_env(
             self._bootstrap,
@@ -46,20 +41,10 @@ class StatsLauncher:
             WAITROOM_STATS_DATA_DIR=str(self._log_dir / "stats-data"),
             **extra,
         )
-        proc = ServiceProcess("stats", "waitroom_stats", env, self._log_dir / "stats.log")
-        self.started.append(proc.start())
-        proc.wait_ready(30)
-        return proc
+        return self.start(ServiceProcess("stats", "waitroom_stats", env, self._log_dir / "stats.log"), 30)
 
-    def restart(self, proc: ServiceProcess) -> ServiceProcess:
-        again = ServiceProcess(proc.name, proc.module, proc.env, proc.log_path)
-        self.started.append(again.start())
-        again.wait_ready(30)
-        return again
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            proc.stop()
+    def restart(self, proc: ServiceProcess, ready_timeout: float = 30) -> ServiceProcess:
+        return super().restart(proc, ready_timeout)
 
 
 @pytest.fixture
