@@ -6,10 +6,11 @@ anything else starts; logging and telemetry are set up once, and telemetry is fl
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
@@ -19,6 +20,7 @@ from waitroom_platform.settings import CommonSettings
 from waitroom_platform.telemetry import Telemetry, setup_telemetry
 
 S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T")
 
 
 def load_settings(cls: type[S], service: str) -> S:
@@ -37,3 +39,15 @@ def service_context(service: str, common: CommonSettings) -> Iterator[Telemetry]
         yield telemetry
     finally:
         telemetry.shutdown()
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run a service's main coroutine on uvloop where installed (uvicorn[standard] brings it)."""
+    runner: Callable[[Coroutine[Any, Any, T]], T]
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    return runner(main)

@@ -20,7 +20,7 @@ from waitroom_notifier.forwarder import AlertHandler, Forwarder, MetricsHandler
 from waitroom_notifier.provisioning import Provisioned, TopicNotFound, provision
 from waitroom_notifier.settings import NotifierSettings
 from waitroom_notifier.sinks import CloudWatchMetrics, SnsAlerts
-from waitroom_platform.service import load_settings, service_context
+from waitroom_platform.service import load_settings, run_async, service_context
 from waitroom_platform.telemetry import instrument_botocore
 
 log = structlog.get_logger()
@@ -140,7 +140,7 @@ def main() -> None:
     settings = load_settings(NotifierSettings, "notifier")
     with service_context("notifier", settings.common):
         instrument_botocore()
-        code = asyncio.run(run(settings))
+        code = run_async(run(settings))
     raise SystemExit(code)
 
 

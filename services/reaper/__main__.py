@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from waitroom_platform.admin import ensure_service_topics
-from waitroom_platform.service import load_settings, service_context
+from waitroom_platform.service import load_settings, run_async, service_context
 from waitroom_reaper.health import HealthServer
 from waitroom_reaper.reaper import Reaper, ReaperOptions
 from waitroom_reaper.settings import ReaperSettings
@@ -72,7 +72,7 @@ async def run(settings: ReaperSettings) -> None:
 def main() -> None:
     settings = load_settings(ReaperSettings, "reaper")
     with service_context("reaper", settings.common):
-        asyncio.run(run(settings))
+        run_async(run(settings))
 
 
 if __name__ == "__main__":

@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import structlog
 import uvicorn
 
 from waitroom_platform.kafka import Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
-from waitroom_platform.service import load_settings, service_context
+from waitroom_platform.service import load_settings, run_async, service_context
 from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_app
 from waitroom_ticketing.ratelimit import RateLimiter
@@ -131,19 +129,10 @@ async def run(settings: TicketingSettings) -> None:
     log.info("ticketing_stopped")
 
 
-def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    """uvloop where installed (uvicorn[standard] brings it): the same asyncio code, a faster loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
-
-
 def main() -> None:
     settings = load_settings(TicketingSettings, "ticketing")
     with service_context("ticketing", settings.common):
-        event_loop_runner()(run(settings))
+        run_async(run(settings))
 
 
 if __name__ == "__main__":
