@@ -66,7 +66,7 @@ def decode(value: bytes | None, headers: Headers | None) -> Message:
     if value is None:
         raise DecodeError("empty record value")
     try:
-        data = json.loads(value, parse_constant=_refuse_constant)
+        data = _JSON.decode(value.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad JSON, bad encodings and integers beyond Python's digit limit;
         # RecursionError, arrays or objects nested too deep. All are poison records.
@@ -78,6 +78,11 @@ def decode(value: bytes | None, headers: Headers | None) -> Message:
 
 def _refuse_constant(name: str) -> Any:
     raise DecodeError(f"{name} is not valid JSON")
+
+
+# One decoder for every record: json.loads with an option builds a new decoder per call, which is a
+# measurable share of replaying a long log. Values are UTF-8 (RFC 8259 for JSON between systems).
+_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 @dataclass(frozen=True, slots=True)
