@@ -195,7 +195,26 @@ def _decide_end(
 
 
 def _decide_configure(state: RoomState, command: RoomConfigureRequested, now: float) -> list[RoomEvent]:
-    current = state.config
+    config = configured(state.config, command)
+    if config == state.config:
+        return []  # nothing changes: a repeated PUT leaves no trace in the log
+    configured_event = RoomConfigured(
+        room_id=state.room_id,
+        at=now,
+        capacity=config.capacity,
+        heartbeat_timeout_s=config.heartbeat_timeout_s,
+        heartbeat_interval_s=config.heartbeat_interval_s,
+        target_url=config.target_url,
+        paused=config.paused,
+    )
+    return [configured_event, *_backfill(state, config, state.active, now)]
+
+
+def configured(current: RoomConfig | None, command: RoomConfigureRequested) -> RoomConfig:
+    """The configuration ``command`` asks for on top of ``current`` (None: a new room), validated.
+
+    The API calls this too, to answer 422 before publishing and to know when its change has landed.
+    """
     if current is None:
         if command.capacity is None:
             raise InvalidCommand("a new room needs a capacity")
@@ -208,18 +227,7 @@ def _decide_configure(state: RoomState, command: RoomConfigureRequested, now: fl
         paused=current.paused if command.paused is None else command.paused,
     )
     validate_config(config)
-    if config == state.config:
-        return []  # nothing changes: a repeated PUT leaves no trace in the log
-    configured = RoomConfigured(
-        room_id=state.room_id,
-        at=now,
-        capacity=config.capacity,
-        heartbeat_timeout_s=config.heartbeat_timeout_s,
-        heartbeat_interval_s=config.heartbeat_interval_s,
-        target_url=config.target_url,
-        paused=config.paused,
-    )
-    return [configured, *_backfill(state, config, state.active, now)]
+    return config
 
 
 def _pick(new: float | None, current: float) -> float:

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from waitroom_core.room import InvalidCommand, RoomConfig, RoomState, Ticket, TicketState, validate_config
+from waitroom_core.room import InvalidCommand, RoomConfig, RoomState, Ticket, TicketState, configured
 from waitroom_events.base import Message
 from waitroom_events.commands import AdmitRequested, JoinRequested, LeaveRequested, RoomConfigureRequested
 from waitroom_events.heartbeats import Heartbeat
@@ -336,26 +336,12 @@ async def configure_room(room_id: RoomId, svc: Svc, body: Annotated[RoomConfigBo
     svc.require_ready()
     room = svc.read_model.room(room_id)
     current = room.config if room is not None else None
-    if current is None and body.capacity is None:
-        raise ApiError(422, "invalid_config", "a new room needs a capacity")
-    base = current or RoomConfig(capacity=body.capacity or 0)
-    wanted = RoomConfig(
-        capacity=base.capacity if body.capacity is None else body.capacity,
-        heartbeat_timeout_s=base.heartbeat_timeout_s if body.heartbeat_timeout_s is None else body.heartbeat_timeout_s,
-        heartbeat_interval_s=base.heartbeat_interval_s
-        if body.heartbeat_interval_s is None
-        else body.heartbeat_interval_s,
-        target_url=base.target_url if body.target_url is None else body.target_url,
-        paused=base.paused if body.paused is None else body.paused,
-    )
+    command = RoomConfigureRequested(room_id=room_id, requested_at=svc.clock(), **body.model_dump())
     try:
-        validate_config(wanted)
+        wanted = configured(current, command)
     except InvalidCommand as exc:
         raise ApiError(422, "invalid_config", str(exc)) from exc
-    await svc.publish(
-        svc.topics.commands.name,
-        RoomConfigureRequested(room_id=room_id, requested_at=svc.clock(), **body.model_dump()),
-    )
+    await svc.publish(svc.topics.commands.name, command)
 
     def landed() -> bool:
         landed_room = svc.read_model.room(room_id)
@@ -363,9 +349,9 @@ async def configure_room(room_id: RoomId, svc: Svc, body: Annotated[RoomConfigBo
 
     if not await svc.read_model.wait_until(landed, svc.join_wait_s):
         return JSONResponse({"room_id": room_id, "state": "pending"}, status_code=202)
-    configured = svc.read_model.room(room_id)
-    assert configured is not None
-    return JSONResponse(svc.admin_room_view(configured), status_code=200 if current is not None else 201)
+    applied = svc.read_model.room(room_id)
+    assert applied is not None
+    return JSONResponse(svc.admin_room_view(applied), status_code=200 if current is not None else 201)
 
 
 @admin.get("/rooms")
