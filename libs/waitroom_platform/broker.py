@@ -27,7 +27,6 @@ import asyncio
 import atexit
 import base64
 import contextlib
-import ctypes
 import fcntl
 import os
 import shutil
@@ -39,12 +38,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
 import structlog
+
+from waitroom_platform.procs import die_with_parent, free_ports
 
 log = structlog.get_logger(__name__)
 
@@ -323,9 +323,9 @@ class EmbeddedKafka:
         if self.requested_port is not None:
             # Kafka would find out too, but only after ~10 s of start-up and a page of stack traces.
             _require_free_port(self.requested_port)
-            self._port, self._controller_port = self.requested_port, _free_ports(1)[0]
+            self._port, self._controller_port = self.requested_port, free_ports(1)[0]
         else:
-            self._port, self._controller_port = _free_ports(2)
+            self._port, self._controller_port = free_ports(2)
         self.server_properties.write_text(_server_properties(self._port, self._controller_port, self.log_dir))
         (self.data_dir / "log4j.properties").write_text(_log4j_properties(self.broker_log))
         if not (self.log_dir / "meta.properties").exists():
@@ -390,7 +390,7 @@ class EmbeddedKafka:
                 stderr=subprocess.STDOUT,
                 # Own session: a terminal's Ctrl-C goes to Python only, which then stops Kafka in order.
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         atexit.register(self.stop)
         log.info("kafka_spawned", pid=self._process.pid, port=self._port, data_dir=str(self.data_dir))
@@ -505,15 +505,6 @@ def _random_cluster_id() -> str:
             return text
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct ports the kernel reports free on loopback (all held open until all are chosen)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 def _require_free_port(port: int) -> None:
     with socket.socket() as sock:
         try:
@@ -549,29 +540,6 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("the broker closed the connection")
         chunks += chunk
     return bytes(chunks)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive SIGKILL when its parent dies (Linux only).
-
-    ``prctl(PR_SET_PDEATHSIG)`` is the only guard that holds when the parent is killed with
-    SIGKILL: no Python code runs then. Checking the parent id afterwards closes the race where the
-    parent died between ``fork`` and ``prctl``. Elsewhere there is no such call; atexit and signal
-    handling still apply.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -10,31 +10,51 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+LOOPBACK = "127.0.0.1"
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: the kernel sends SIGKILL to the child when its parent thread dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGKILL when its parent dies (Linux only).
+
+    ``prctl(PR_SET_PDEATHSIG)`` is the only guard that holds when the parent is killed with
+    SIGKILL: no Python code runs then. The signal follows the parent *thread*, so start children
+    from the thread that lives as long as they should. Checking the parent id afterwards closes the
+    race where the parent died between ``fork`` and ``prctl``. Elsewhere there is no such call;
+    atexit and signal handling still apply.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports the kernel reports free on loopback (all held open until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 class ServiceProcess:
@@ -66,7 +86,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads are started before this
+            preexec_fn=die_with_parent(os.getpid()),  # noqa: PLW1509 - no threads are started before this
         )
         log.close()
         return self

@@ -29,9 +29,9 @@ from typing import Self
 
 import structlog
 
-from waitroom_platform.broker import _die_with_parent, _signal_group, _tail, cache_root
+from waitroom_platform.broker import _signal_group, _tail, cache_root
 from waitroom_platform.otlp_receiver import OtlpReceiver
-from waitroom_platform.procs import free_port
+from waitroom_platform.procs import die_with_parent, free_port
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +167,7 @@ class ZipkinServer:
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C reaches Python, which stops Zipkin in order
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         self.port = port
         atexit.register(self.stop)
