@@ -25,11 +25,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from waitroom_core.notifications import alert_notification, batch_datums, room_metric_datums
 from waitroom_events.base import Message
 from waitroom_events.codec import DecodeError, decode
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
+from waitroom_notifier.alerts import alert_notification
 from waitroom_notifier.aws import Backoff, Rejected, call_until_accepted
+from waitroom_notifier.metrics import batch_datums, room_metric_datums
 from waitroom_notifier.sinks import AlertSink, MetricsSink
 from waitroom_platform.kafka import consume_span, make_consumer, make_producer, send_to_dead_letter
 from waitroom_platform.metrics import track_consumer_lag

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from waitroom_core.notifications import alarm_definitions, alarm_differs
+from waitroom_notifier.alarms import alarm_definitions, alarm_differs
 from waitroom_notifier.settings import NotifierSettings
 
 log = structlog.get_logger()

@@ -12,13 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from waitroom_core.notifications import (
-    MAX_DATUMS_PER_CALL,
-    MAX_DIMENSIONS,
-    METRIC_NAMES,
-    ROOM_DIMENSION,
-    AlarmRule,
-)
+from waitroom_notifier.alarms import AlarmRule
+from waitroom_notifier.metrics import MAX_DATUMS_PER_CALL, MAX_DIMENSIONS, METRIC_NAMES, ROOM_DIMENSION
 from waitroom_platform.settings import CommonSettings, KafkaSettings
 
 _NAME = r"^[A-Za-z0-9_-]{1,256}$"

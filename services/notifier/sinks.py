@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from waitroom_core.notifications import AlertNotification, MetricDatum
+from waitroom_notifier.alerts import AlertNotification
+from waitroom_notifier.metrics import MetricDatum
 
 
 class MetricsSink(Protocol):

@@ -11,9 +11,10 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from pydantic import ValidationError
 from test_notifier_mapping import breached, recovered, snapshot
 
-from waitroom_core.notifications import METRICS, AlertNotification, MetricDatum
+from waitroom_notifier.alerts import AlertNotification
 from waitroom_notifier.aws import Backoff, Rejected, call_until_accepted, is_rejection
 from waitroom_notifier.forwarder import AlertHandler, MetricsHandler
+from waitroom_notifier.metrics import METRICS, MetricDatum
 from waitroom_notifier.settings import NotifierSettings
 
 

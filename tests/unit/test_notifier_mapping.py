@@ -9,21 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waitroom_core.notifications import (
+from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
+from waitroom_notifier.alarms import AlarmRule, alarm_definitions, alarm_differs
+from waitroom_notifier.alerts import alert_notification, format_duration, sns_subject
+from waitroom_notifier.metrics import (
     MAX_DATUMS_PER_CALL,
     MAX_REQUEST_BYTES,
     METRICS,
-    AlarmRule,
     MetricDatum,
-    alarm_definitions,
-    alarm_differs,
-    alert_notification,
     batch_datums,
-    format_duration,
     room_metric_datums,
-    sns_subject,
 )
-from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 
 AT = 1_790_000_000.0
 
