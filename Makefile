@@ -9,14 +9,14 @@ STAMP := .cache/installed.stamp
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@command -v java >/dev/null || { echo "waitroom needs Java 17+ for the embedded Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "waitroom needs Maven to fetch Kafka's jars (apt-get install maven)"; exit 1; }
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@mkdir -p .cache && touch $(STAMP)
 
 dev: install
-	$(PYTHON) -m waitroom_platform.devstack
+	$(PYTHON) -m waitroom_devtools.devstack
 
 lint: install
 	$(PYTHON) -m ruff check .

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+from waitroom_devtools.broker import EmbeddedKafka
+from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.topics import TopicRegistry, topic_registry
 from waitroom_platform.admin import ensure_topics, wait_for_broker
-from waitroom_platform.broker import EmbeddedKafka
-from waitroom_platform.procs import ServiceProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = REPO_ROOT / "docs" / "benchmarks.md"

@@ -44,8 +44,8 @@ from bench.common import (
     write_section,
 )
 from bench.loadgen import LoadResult, RequestSpec, run_load, wrk_available
+from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_platform.logging import configure_logging
-from waitroom_platform.procs import ServiceProcess, free_port
 
 SECTION = "Ticketing HTTP"
 JOIN_ROOM = "bench-joins"

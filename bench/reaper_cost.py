@@ -37,12 +37,12 @@ from bench.common import (
     say,
     write_section,
 )
+from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.codec import decode, encode
 from waitroom_events.commands import ExpireRequested
 from waitroom_events.events import RoomConfigured, TicketIssued
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import TopicRegistry
-from waitroom_platform.procs import ServiceProcess, free_port
 
 TIMEOUT_S = 20.0
 SECTION = "Reaper"

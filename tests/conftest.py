@@ -26,9 +26,9 @@ from uuid import uuid4
 import pytest
 import pytest_asyncio
 
+from waitroom_devtools.broker import EmbeddedKafka
 from waitroom_events.topics import TopicRegistry, topic_registry
 from waitroom_platform.admin import ensure_topics, wait_for_broker
-from waitroom_platform.broker import EmbeddedKafka
 
 TESTS_DIR = Path(__file__).parent
 LAYER_MARKERS = {

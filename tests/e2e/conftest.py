@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from support.http import ADMIN_TOKEN
 
+from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.topics import TopicRegistry
-from waitroom_platform.procs import ServiceProcess, free_port
 from waitroom_ticketing.tokens import write_private_key
 
 TICKET_SECRET = "e2e-ticket-secret-0123456789abcdef"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from waitroom_platform.procs import ServiceProcess, free_port
+from waitroom_devtools.procs import ServiceProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

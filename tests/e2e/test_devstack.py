@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from waitroom_platform.procs import free_port
+from waitroom_devtools.procs import free_port
 
 
 def _children(pid: int) -> set[int]:
@@ -50,7 +50,7 @@ def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "waitroom_platform.devstack",
+            "waitroom_devtools.devstack",
             "--data-dir",
             str(data_dir),
             "--port",

@@ -20,12 +20,12 @@ from e2e.conftest import Launcher, service_env
 from support.http import bearer, create_room, settle, ticket_status
 from support.kafka_log import read_topic
 
+from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.codec import encode
 from waitroom_events.events import TicketAdmitted, TicketExpired
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import TopicRegistry, dlq_name
 from waitroom_platform.kafka import partitions_of
-from waitroom_platform.procs import ServiceProcess, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -21,13 +21,13 @@ from e2e.conftest import Launcher, service_env
 from support.http import admin_headers, bearer, create_room
 
 from waitroom_core.windows import minute_start
+from waitroom_devtools.procs import ServiceProcess
 from waitroom_events.base import Message
 from waitroom_events.codec import HEADER_TYPE, decode, encode
 from waitroom_events.events import RoomConfigured, RoomEvent, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import HEADER_SOURCE_TOPIC, Publisher, partitions_of
-from waitroom_platform.procs import ServiceProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -23,9 +23,9 @@ import pytest
 from e2e.conftest import TicketingLauncher, service_env
 from support.http import admin_headers, create_room
 
+from waitroom_devtools.otlp_receiver import OtlpReceiver
+from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.topics import TopicRegistry
-from waitroom_platform.otlp_receiver import OtlpReceiver
-from waitroom_platform.procs import ServiceProcess, free_port
 
 pytestmark = pytest.mark.e2e
 

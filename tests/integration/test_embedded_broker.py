@@ -23,9 +23,9 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from waitroom_devtools.broker import BrokerError, EmbeddedKafka
 from waitroom_events.topics import TopicRegistry, topic_registry
 from waitroom_platform.admin import TopicPartitionMismatch, ensure_topics, partition_counts, wait_for_broker
-from waitroom_platform.broker import BrokerError, EmbeddedKafka
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the embedded broker needs Java")
 needs_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
@@ -141,7 +141,7 @@ CHILD = """
 import signal, sys
 import structlog
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-from waitroom_platform.broker import EmbeddedKafka
+from waitroom_devtools.broker import EmbeddedKafka
 broker = EmbeddedKafka(sys.argv[1], startup_timeout_s=60)
 broker.start()
 print(broker.pid, flush=True)

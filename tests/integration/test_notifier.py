@@ -31,11 +31,11 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.codec import HEADER_TYPE
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 from waitroom_events.topics import TopicRegistry, dlq_name
 from waitroom_platform.kafka import HEADER_ERROR, Publisher, make_producer, partitions_of
-from waitroom_platform.procs import ServiceProcess, free_port
 from waitroom_platform.settings import KafkaSettings
 
 REGION = "eu-west-1"

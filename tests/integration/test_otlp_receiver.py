@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind
 
-from waitroom_platform.otlp_receiver import OtlpReceiver
-from waitroom_platform.zipkin import ZipkinServer
+from waitroom_devtools.otlp_receiver import OtlpReceiver
+from waitroom_devtools.zipkin import ZipkinServer
 
 
 @pytest.fixture

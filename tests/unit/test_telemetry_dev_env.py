@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from waitroom_platform.devstack import DevContext, telemetry_env
+from waitroom_devtools.devstack import DevContext, telemetry_env
 
 
 def test_without_traces_or_otel_settings_the_services_export_nothing() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from waitroom_platform.otlp_receiver import to_zipkin
+from waitroom_devtools.otlp_receiver import to_zipkin
 
 
 def _span(**overrides: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Run waitroom services as child processes: the dev command and the end-to-end tests share this.
+"""Run waitroom services as child processes: the dev command, the tests and the benchmarks share this.
 
 A child dies with its parent (PR_SET_PDEATHSIG on Linux), so neither Ctrl-C nor a ``kill -9`` of
-the dev command or a test run leaves services behind.
+the dev command or a test run leaves services behind. The JVM launchers (Kafka, Zipkin) use the
+same guard, and the helpers here to signal a child's process group and quote the end of its log.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def signal_group(pgid: int, signum: signal.Signals) -> None:
+    """Send ``signum`` to the process group ``pgid`` (a child started with ``start_new_session``);
+    a group that is already gone, or not ours to signal, is left alone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def tail_lines(text: str, lines: int) -> str:
+    """The last ``lines`` lines of ``text`` (trailing blank lines dropped), for error messages."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def free_ports(count: int) -> list[int]:

@@ -17,7 +17,7 @@ Caveat of the last point: the kernel sends the signal when the *thread* that for
 not the process. So the JVM is always spawned from the caller's thread (never a worker pool thread
 that may be retired): start brokers from a thread that lives as long as they should.
 
-Run ``python -m waitroom_platform.broker`` for a broker with every registry topic created.
+Run ``python -m waitroom_devtools.broker`` for a broker with every registry topic created.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import atexit
 import base64
-import contextlib
 import fcntl
 import os
 import shutil
@@ -44,7 +43,7 @@ from typing import Self
 
 import structlog
 
-from waitroom_platform.procs import die_with_parent, free_ports
+from waitroom_devtools.procs import die_with_parent, free_ports, signal_group, tail_lines
 
 log = structlog.get_logger(__name__)
 
@@ -132,7 +131,7 @@ def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
             if result.returncode != 0 or not _has_kafka_jars(staging / "libs"):
                 raise BrokerError(
                     f"fetching Apache Kafka {KAFKA_VERSION} with Maven failed (exit {result.returncode}):\n"
-                    + _tail(result.stdout + result.stderr, 40)
+                    + tail_lines(result.stdout + result.stderr, 40)
                 )
             if home.exists():  # a leftover without jars (an interrupted manual copy): replace it
                 shutil.rmtree(home)
@@ -261,17 +260,17 @@ class EmbeddedKafka:
         try:
             if process.poll() is None:
                 log.info("kafka_stopping", pid=process.pid)
-                _signal_group(process.pid, signal.SIGTERM)
+                signal_group(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=self.stop_timeout_s)
                 except subprocess.TimeoutExpired:
                     log.warning("kafka_stop_timeout_killing", pid=process.pid, timeout_s=self.stop_timeout_s)
         finally:
             if process.poll() is None:
-                _signal_group(process.pid, signal.SIGKILL)
+                signal_group(process.pid, signal.SIGKILL)
                 process.wait()
             # The group may still hold a straggler if the JVM ever forks; it must not survive.
-            _signal_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             self._process = None
             atexit.unregister(self.stop)
             log.info("kafka_stopped", pid=process.pid, exit_code=process.returncode)
@@ -368,7 +367,7 @@ class EmbeddedKafka:
         if result.returncode != 0:
             raise BrokerError(
                 f"formatting {self.log_dir} failed (exit {result.returncode}):\n"
-                + _tail(result.stdout + result.stderr, 40)
+                + tail_lines(result.stdout + result.stderr, 40)
             )
         log.info(
             "kafka_formatted",
@@ -440,7 +439,7 @@ class EmbeddedKafka:
                     for line in path.read_text(errors="replace").splitlines()
                     if not line.lstrip().startswith(("at ", "... "))
                 )
-                parts.append(f"--- {path} ---\n{_tail(text, lines) or '(empty)'}")
+                parts.append(f"--- {path} ---\n{tail_lines(text, lines) or '(empty)'}")
         return "\n".join(parts)
 
 
@@ -451,7 +450,7 @@ class EmbeddedKafka:
 def _server_properties(port: int, controller_port: int, log_dir: Path) -> str:
     return "\n".join(
         [
-            "# written by waitroom_platform.broker at every start; edits are overwritten",
+            "# written by waitroom_devtools.broker at every start; edits are overwritten",
             "process.roles=broker,controller",
             f"node.id={NODE_ID}",
             f"controller.quorum.voters={NODE_ID}@{LOOPBACK}:{controller_port}",
@@ -542,22 +541,13 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
 # ---------------------------------------------------------------------------------------------
 # CLI
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m waitroom_platform.broker",
+        prog="python -m waitroom_devtools.broker",
         description="Run a single-node Apache Kafka on 127.0.0.1 with every waitroom topic created.",
     )
     parser.add_argument(

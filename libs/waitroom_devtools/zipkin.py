@@ -2,7 +2,7 @@
 
 Why Zipkin (docs/adr/0006-tracing-ui.md): one self-contained jar on Maven Central, the registry
 this project already fetches Kafka from, in-memory storage, a UI that finds a trace by any tag.
-Zipkin takes only its own span format; :mod:`waitroom_platform.otlp_receiver` converts OTLP for it.
+Zipkin takes only its own span format; :mod:`waitroom_devtools.otlp_receiver` converts OTLP for it.
 
 Like the embedded Kafka, the server never outlives whoever started it: SIGTERM then SIGKILL on
 ``stop()``, ``atexit``, and ``PR_SET_PDEATHSIG`` for a parent killed with ``kill -9``. It listens
@@ -29,9 +29,9 @@ from typing import Self
 
 import structlog
 
-from waitroom_platform.broker import _signal_group, _tail, cache_root
-from waitroom_platform.otlp_receiver import OtlpReceiver
-from waitroom_platform.procs import die_with_parent, free_port
+from waitroom_devtools.broker import cache_root
+from waitroom_devtools.otlp_receiver import OtlpReceiver
+from waitroom_devtools.procs import die_with_parent, free_port, signal_group, tail_lines
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,9 @@ def ensure_zipkin_jar(cache_dir: Path | None = None) -> Path:
             )
             fetched = staging / jar.name
             if result.returncode != 0 or not fetched.is_file():
-                raise ZipkinError(f"mvn could not fetch {ZIPKIN_ARTIFACT}:\n{_tail(result.stdout + result.stderr, 20)}")
+                raise ZipkinError(
+                    f"mvn could not fetch {ZIPKIN_ARTIFACT}:\n{tail_lines(result.stdout + result.stderr, 20)}"
+                )
             target = staging / "home"
             target.mkdir()
             fetched.rename(target / jar.name)
@@ -205,14 +207,14 @@ class ZipkinServer:
             return
         try:
             if process.poll() is None:
-                _signal_group(process.pid, signal.SIGTERM)
+                signal_group(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
                     log.warning("zipkin_stop_timeout_killing", pid=process.pid)
         finally:
             if process.poll() is None:
-                _signal_group(process.pid, signal.SIGKILL)
+                signal_group(process.pid, signal.SIGKILL)
                 process.wait()
             self._process = None
             atexit.unregister(self.stop)
@@ -220,7 +222,7 @@ class ZipkinServer:
 
     def log_tail(self, lines: int = 30) -> str:
         try:
-            return _tail(self.log_file.read_text(errors="replace"), lines)
+            return tail_lines(self.log_file.read_text(errors="replace"), lines)
         except FileNotFoundError:
             return "(no log)"
 

@@ -1,4 +1,4 @@
-"""The dev command: the whole waitroom on one machine, ``waitroom-dev`` (or ``python -m waitroom_platform.devstack``).
+"""The dev command: the whole waitroom on one machine, ``waitroom-dev`` (or ``python -m waitroom_devtools.devstack``).
 
 Starts Apache Kafka (embedded, unless ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster), creates the
 topics, starts every service as a child process, creates a demo room and prints the URLs. Data
@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from waitroom_devtools.broker import EmbeddedKafka
+from waitroom_devtools.procs import ServiceProcess, free_port
+from waitroom_devtools.zipkin import TraceUI
 from waitroom_platform.admin import ensure_topics, wait_for_broker
-from waitroom_platform.broker import EmbeddedKafka
-from waitroom_platform.procs import ServiceProcess, free_port
-from waitroom_platform.zipkin import TraceUI
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - the development default, refused outside development
 

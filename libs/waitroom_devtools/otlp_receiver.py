@@ -17,7 +17,7 @@ JSON, gzip or not, the two encodings the OTLP/HTTP specification defines. Querie
 
 Memory is bounded (the newest ``--max-spans`` spans and points are kept). Only loopback by default.
 
-``python -m waitroom_platform.otlp_receiver --port 4318 [--zipkin-url http://127.0.0.1:9411]``
+``python -m waitroom_devtools.otlp_receiver --port 4318 [--zipkin-url http://127.0.0.1:9411]``
 """
 
 from __future__ import annotations
@@ -453,7 +453,7 @@ class OtlpReceiver:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m waitroom_platform.otlp_receiver",
+        prog="python -m waitroom_devtools.otlp_receiver",
         description="Receive OTLP/HTTP traces and metrics, keep them in memory, optionally forward spans to Zipkin.",
     )
     parser.add_argument("--host", default=LOOPBACK, help="address to listen on (default: 127.0.0.1)")
