@@ -79,19 +79,6 @@ class AlertState:
     #: since when tickets have been waiting without interruption (for the stalled rule)
     waiting_since: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "open": {rule: [a.alert_id, a.breached_at] for rule, a in sorted(self.open.items())},
-            "waiting_since": self.waiting_since,
-        }
-
-    @staticmethod
-    def from_json(data: dict[str, Any] | None) -> AlertState:
-        if not data:
-            return AlertState()
-        opened = {rule: OpenAlert(str(v[0]), float(v[1])) for rule, v in (data.get("open") or {}).items()}
-        return AlertState(open=opened, waiting_since=data.get("waiting_since"))
-
 
 @dataclass(frozen=True, slots=True)
 class Reading:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from waitroom_events.events import RoomConfigured, RoomEvent, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
 from waitroom_events.stats import RoomStats
@@ -97,36 +96,6 @@ class Bucket:
     first_admission_at: float | None = None
     last_admission_at: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "j": self.joins,
-            "a": self.admissions,
-            "l": self.leaves,
-            "ew": self.expiries_waiting,
-            "ea": self.expiries_admitted,
-            "w": list(self.waits),
-            "af": self.first_admission_at,
-            "al": self.last_admission_at,
-        }
-
-    @staticmethod
-    def from_json(data: dict[str, Any] | None) -> Bucket:
-        if not data:
-            return EMPTY_BUCKET
-        return Bucket(
-            joins=int(data.get("j", 0)),
-            admissions=int(data.get("a", 0)),
-            leaves=int(data.get("l", 0)),
-            expiries_waiting=int(data.get("ew", 0)),
-            expiries_admitted=int(data.get("ea", 0)),
-            waits=tuple(float(w) for w in data.get("w", ())),
-            first_admission_at=data.get("af"),
-            last_admission_at=data.get("al"),
-        )
-
-
-EMPTY_BUCKET = Bucket()
-
 
 def add_to_bucket(bucket: Bucket, event: RoomEvent, issued_at: float | None = None) -> Bucket:
     """``bucket`` with ``event`` counted. ``issued_at`` is the admitted ticket's join time, if known."""
@@ -176,21 +145,6 @@ class WindowCounts:
     @property
     def expiries(self) -> int:
         return self.expiries_waiting + self.expiries_admitted
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "joins": self.joins,
-            "admissions": self.admissions,
-            "leaves": self.leaves,
-            "expiries_waiting": self.expiries_waiting,
-            "expiries_admitted": self.expiries_admitted,
-            "wait_p50_s": self.waits.p50_s,
-            "wait_p90_s": self.waits.p90_s,
-            "wait_p99_s": self.waits.p99_s,
-            "wait_max_s": self.waits.max_s,
-        }
 
 
 BucketLookup = Callable[[int], Bucket | None]
@@ -297,33 +251,6 @@ class Gauges:
     #: the first event of the room this fold saw
     observed_since: float | None = None
     last_event_at: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "capacity": self.capacity,
-            "paused": self.paused,
-            "active": self.active,
-            "waiting": self.waiting,
-            "configured": self.configured,
-            "last_admission_at": self.last_admission_at,
-            "observed_since": self.observed_since,
-            "last_event_at": self.last_event_at,
-        }
-
-    @staticmethod
-    def from_json(data: dict[str, Any] | None) -> Gauges:
-        if not data:
-            return Gauges()
-        return Gauges(
-            capacity=int(data.get("capacity", 0)),
-            paused=bool(data.get("paused", False)),
-            active=int(data.get("active", 0)),
-            waiting=int(data.get("waiting", 0)),
-            configured=bool(data.get("configured", False)),
-            last_admission_at=data.get("last_admission_at"),
-            observed_since=data.get("observed_since"),
-            last_event_at=data.get("last_event_at"),
-        )
 
 
 def evolve_gauges(gauges: Gauges, event: RoomEvent) -> Gauges:

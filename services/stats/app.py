@@ -8,6 +8,8 @@ rooms of partition ``p`` of the log):
 * ``tickets``  "room/queue_no" -> join time of a live ticket, for its wait at admission
 * ``alerts``   room -> :class:`AlertState` (open alerts, hysteresis)
 
+Values are stored in the dict forms of :mod:`waitroom_stats.tables`.
+
 faust commits offsets at least once, and its ``exactly_once`` mode is not usable (docs/adr/0004).
 So every table value carries the offset of the last record applied to it (``o``): after a crash the
 records replayed from the last committed offset find their effect already in the recovered table
@@ -28,11 +30,10 @@ from faust.types import EventT, WindowT
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext
 
-from waitroom_core.thresholds import AlertState, evaluate
+from waitroom_core.thresholds import evaluate
 from waitroom_core.windows import (
     BUCKET_RETENTION_S,
     Bucket,
-    Gauges,
     add_to_bucket,
     counts_bucket,
     evolve_gauges,
@@ -52,6 +53,14 @@ from waitroom_platform.kafka import (
     produce_span,
 )
 from waitroom_stats.settings import StatsSettings
+from waitroom_stats.tables import (
+    alert_state_from_table,
+    alert_state_to_table,
+    bucket_from_table,
+    bucket_to_table,
+    gauges_from_table,
+    gauges_to_table,
+)
 from waitroom_stats.transport import CommittedReadTransport
 
 log = structlog.get_logger()
@@ -202,8 +211,8 @@ class Stats:
         room_id = message.room_id
         stored = self.gauges.get(room_id) or {}
         if offset > stored.get(OFFSET, -1):
-            gauges = evolve_gauges(Gauges.from_json(stored), message)
-            self.gauges[room_id] = {**gauges.to_json(), OFFSET: offset, "partition": partition}
+            gauges = evolve_gauges(gauges_from_table(stored), message)
+            self.gauges[room_id] = {**gauges_to_table(gauges), OFFSET: offset, "partition": partition}
             self.events_applied += 1
         else:
             self.events_skipped += 1
@@ -215,8 +224,8 @@ class Stats:
             stored_bucket = self.seconds.table.get(window_key) or {}
             if offset > stored_bucket.get(OFFSET, -1):
                 issued_at = self.tickets.get(ticket_key) if isinstance(message, TicketAdmitted) else None
-                bucket = add_to_bucket(Bucket.from_json(stored_bucket), message, issued_at)
-                self.seconds.table[window_key] = {**bucket.to_json(), OFFSET: offset}
+                bucket = add_to_bucket(bucket_from_table(stored_bucket), message, issued_at)
+                self.seconds.table[window_key] = {**bucket_to_table(bucket), OFFSET: offset}
         # A ticket's join time is kept until it ends (not only until its admission), so an admission
         # replayed after a crash still finds it.
         if isinstance(message, TicketLeft | TicketExpired) and ticket_key in self.tickets:
@@ -230,7 +239,7 @@ class Stats:
 
         def lookup(second: int) -> Bucket | None:
             data = table.get((room_id, window.current(float(second))))
-            return Bucket.from_json(data) if data else None
+            return bucket_from_table(data) if data else None
 
         return lookup
 
@@ -238,7 +247,7 @@ class Stats:
         """The snapshot of every live room in this worker's partitions, with its partition."""
         out = []
         for room_id, stored in list(self.gauges.items()):
-            gauges = Gauges.from_json(stored)
+            gauges = gauges_from_table(stored)
             if not gauges.configured or not is_live(gauges, now, 2 * self.settings.snapshot_interval_s):
                 continue
             out.append((int(stored["partition"]), snapshot(room_id, gauges, self.bucket_lookup(room_id), now)))
@@ -274,7 +283,7 @@ class Stats:
         if event.message.offset <= stored.get(OFFSET, -1):
             return
         rules = self.settings.rules_for(message.room_id)
-        state, alerts = evaluate(rules, AlertState.from_json(stored), message, message.at)
+        state, alerts = evaluate(rules, alert_state_from_table(stored), message, message.at)
         # Alerts first: a crash between the two repeats an alert (same alert_id) rather than losing it.
         for alert in alerts:
             await self._send(self.alerts_topic, alert, event.message.partition)
@@ -286,7 +295,7 @@ class Stats:
                 threshold=alert.threshold,
                 alert_id=alert.alert_id,
             )
-        self.alert_states[message.room_id] = {**state.to_json(), OFFSET: event.message.offset}
+        self.alert_states[message.room_id] = {**alert_state_to_table(state), OFFSET: event.message.offset}
 
     # ---------------------------------------------------------------- output
 

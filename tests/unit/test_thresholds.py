@@ -131,13 +131,6 @@ def test_an_open_alert_of_a_rule_switched_off_is_recovered() -> None:
     assert state.open == {}
 
 
-def test_the_state_survives_its_json_form() -> None:
-    state, _ = evaluate(Rules(), AlertState(), stats(T0, waiting=5000, capacity=1, active=1), T0)
-
-    assert AlertState.from_json(state.to_json()) == state
-    assert set(state.open) == {"waiting_high", "near_capacity"}
-
-
 def test_an_unknown_rule_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown"):
         Rules().with_overrides({"waiting_abve": 3})

@@ -241,11 +241,3 @@ def test_the_estimated_wait_grows_with_the_position() -> None:
     assert estimated_wait(0, 2.0) == 2.0
     assert estimated_wait(9, 2.0) == 20.0
     assert estimated_wait(3, None) is None
-
-
-def test_buckets_and_gauges_survive_their_json_form() -> None:
-    gauges, buckets = fold(SCENARIO)
-
-    assert Gauges.from_json(gauges.to_json()) == gauges
-    for bucket in buckets.values():
-        assert Bucket.from_json(bucket.to_json()) == bucket
