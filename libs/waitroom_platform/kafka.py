@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from waitroom_events.base import Message
 from waitroom_events.codec import Headers, encode
 from waitroom_events.topics import dlq_name
+from waitroom_platform import compat
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
@@ -128,7 +129,7 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str, timeout_s: float
     """The partition numbers of ``topic``, loading its metadata first; [] if it does not exist."""
     import asyncio
 
-    client = consumer._client  # aiokafka offers no public metadata refresh for manual assignment
+    client = compat.cluster_client(consumer)  # aiokafka offers no public metadata refresh for manual assignment
     client.add_topic(topic)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

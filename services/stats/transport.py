@@ -7,7 +7,10 @@
   reader of the log.
 * ``fetch_max_wait_ms``: hard-coded to 1500 in faust's driver. We use the platform's value.
 
-Both are set on the aiokafka consumer faust builds, before it starts (see docs/adr/0004).
+Both are set on the aiokafka consumer faust builds, before it starts, by
+:func:`waitroom_platform.compat.override_fetch_settings` (see docs/adr/0004). The hooks overridden
+here, and ``StatsApp._new_transport`` that installs this transport, are private to faust:
+``tests/unit/test_compat.py`` checks faust still calls them.
 """
 
 from __future__ import annotations
@@ -17,17 +20,15 @@ from typing import Any
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from waitroom_platform import compat
+
 FETCH_MAX_WAIT_MS = 20
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        # aiokafka keeps both as plain attributes until start() builds its fetcher.
-        if not (hasattr(consumer, "_isolation_level") and hasattr(consumer, "_fetch_max_wait_ms")):
-            raise RuntimeError("aiokafka changed its consumer internals; review waitroom_stats.transport")
-        consumer._isolation_level = "read_committed"
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        compat.override_fetch_settings(consumer, isolation_level="read_committed", fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         return consumer
 
 

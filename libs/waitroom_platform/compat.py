@@ -1,0 +1,60 @@
+"""Every use of aiokafka's private attributes, in one place, for the day aiokafka or faust is upgraded.
+
+aiokafka 0.14 has no public way to do either of these:
+
+* load one topic's metadata for a consumer with manual assignment (``partitions_for_topic`` only
+  answers from metadata already loaded): :func:`cluster_client` reads ``AIOKafkaConsumer._client``;
+* change settings of a consumer that someone else constructed (faust builds the stats service's
+  consumer with ``read_uncommitted`` and a 1500 ms fetch wait): :func:`override_fetch_settings` sets
+  ``_isolation_level`` and ``_fetch_max_wait_ms``, which ``start()`` hands to the fetcher it builds.
+
+The stats service also overrides three private faust hooks to put that consumer in place:
+``faust.App._new_transport`` (``waitroom_stats.app.StatsApp``), ``Consumer._new_consumer_thread``
+and ``AIOKafkaConsumerThread._create_worker_consumer`` (``waitroom_stats.transport``). They stay
+there, as subclasses, because this package does not depend on faust. ``tests/unit/test_compat.py``
+checks that the installed aiokafka and faust still have, and still use, everything named here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiokafka
+from aiokafka import AIOKafkaConsumer
+
+#: set by ``AIOKafkaConsumer.__init__``; the cluster client behind ``partitions_for_topic``
+CLIENT = "_client"
+#: set by ``AIOKafkaConsumer.__init__`` from its arguments, read by ``start()`` when it builds the fetcher
+FETCH_SETTINGS = ("_isolation_level", "_fetch_max_wait_ms")
+#: ``None`` until ``start()``; settings changed after that have no effect
+FETCHER = "_fetcher"
+
+
+class IncompatibleLibrary(RuntimeError):
+    """An installed aiokafka no longer has an attribute this module relies on."""
+
+
+def cluster_client(consumer: AIOKafkaConsumer) -> Any:
+    """The consumer's ``AIOKafkaClient``: ``add_topic`` and ``force_metadata_update`` load metadata."""
+    return _get(consumer, CLIENT)
+
+
+def override_fetch_settings(consumer: AIOKafkaConsumer, *, isolation_level: str, fetch_max_wait_ms: int) -> None:
+    """Set ``isolation_level`` and ``fetch_max_wait_ms`` of a consumer that is not started yet."""
+    if _get(consumer, FETCHER) is not None:
+        raise RuntimeError("the consumer is started: its fetcher already has its settings")
+    for name in FETCH_SETTINGS:
+        _get(consumer, name)
+    consumer._isolation_level = isolation_level
+    consumer._fetch_max_wait_ms = fetch_max_wait_ms
+
+
+def _get(obj: object, name: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        kind = type(obj)
+        raise IncompatibleLibrary(
+            f"{kind.__module__}.{kind.__qualname__} has no attribute {name!r} (aiokafka {aiokafka.__version__}); "
+            "review waitroom_platform.compat"
+        ) from None
