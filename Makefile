@@ -5,7 +5,7 @@
 PYTHON ?= python3
 STAMP := .cache/installed.stamp
 
-.PHONY: dev test lint unit browser install clean
+.PHONY: dev test lint unit browser install images clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ test: lint browser
 browser:
 	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The container images, built with podman on Debian bases made here (docs/images.md); cached in
+# ~/.cache/waitroom/images and podman's storage. Needs root the first time (apt, debootstrap).
+images: install
+	images/build.sh
 
 clean:
 	rm -rf .cache var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
