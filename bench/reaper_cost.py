@@ -205,7 +205,7 @@ def run_one(bootstrap: str, n_tickets: int, args: argparse.Namespace, work_dir: 
         "WAITROOM_ROOM_PARTITIONS": str(args.partitions),
         "WAITROOM_LOG_FORMAT": "json",
         "WAITROOM_LOG_LEVEL": "WARNING",
-        "WAITROOM_REAPER_PORT": str(port),
+        "WAITROOM_REAPER_HEALTH_PORT": str(port),
         "OTEL_SDK_DISABLED": "true",
     }
     reaper = ServiceProcess("reaper", "waitroom_reaper", env, work_dir / f"reaper-{n_tickets}.log")

@@ -79,6 +79,7 @@ def _ticketing_env(ctx: DevContext) -> dict[str, str]:
     keys = ctx.data_dir / "jwt-keys"
     return {
         "WAITROOM_TICKETING_PORT": str(ctx.api_port),
+        "WAITROOM_TICKETING_HEALTH_PORT": str(ctx.port("ticketing health")),
         "WAITROOM_TICKETING_JWT_KEYS_DIR": str(keys),
     }
 
@@ -110,6 +111,7 @@ def _notifier_env(ctx: DevContext) -> dict[str, str]:
         "WAITROOM_NOTIFIER_MANAGED_ALARMS": "true",
         "WAITROOM_NOTIFIER_OPERATOR_EMAIL": "operator@example.com",
         "WAITROOM_NOTIFIER_DIMENSIONS": json.dumps({"Environment": "dev"}),
+        "WAITROOM_NOTIFIER_HEALTH_PORT": str(ctx.port("notifier")),
     }
 
 
@@ -140,17 +142,28 @@ SERVICES: list[DevService] = [
     DevService(
         name="reaper",
         module="waitroom_reaper",
-        env=lambda ctx: {"WAITROOM_REAPER_PORT": str(ctx.port("reaper"))},
+        env=lambda ctx: {"WAITROOM_REAPER_HEALTH_PORT": str(ctx.port("reaper"))},
         ready_path="/readyz",
         port_of=lambda ctx: ctx.port("reaper"),
         urls=lambda ctx: {"reaper metrics": f"http://127.0.0.1:{ctx.port('reaper')}/metrics"},
     ),
-    DevService(name="notifier", module="waitroom_notifier", env=_notifier_env),
+    DevService(
+        name="notifier",
+        module="waitroom_notifier",
+        env=_notifier_env,
+        ready_path="/readyz",
+        port_of=lambda ctx: ctx.port("notifier"),
+    ),
     # Statistics (faust): faust's data folder under the stack's data dir, not the working directory.
     DevService(
         name="stats",
         module="waitroom_stats",
-        env=lambda ctx: {"WAITROOM_STATS_DATA_DIR": str(ctx.data_dir / "stats")},
+        env=lambda ctx: {
+            "WAITROOM_STATS_DATA_DIR": str(ctx.data_dir / "stats"),
+            "WAITROOM_STATS_HEALTH_PORT": str(ctx.port("stats")),
+        },
+        ready_path="/readyz",
+        port_of=lambda ctx: ctx.port("stats"),
     ),
 ]
 

@@ -67,4 +67,7 @@ class JoinRejected(Message):
     reason: str
 
 
+#: every event on room-events (usable with ``isinstance``)
 RoomEvent = RoomConfigured | TicketIssued | TicketAdmitted | TicketLeft | TicketExpired | JoinRejected
+#: the room-events that change a room's state (a rejected join only answers the waiting call)
+StateEvent = RoomConfigured | TicketIssued | TicketAdmitted | TicketLeft | TicketExpired

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from waitroom_events.topics import TopicSpec
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
@@ -185,3 +186,16 @@ def _all_led(topic: dict[str, Any] | None, partitions: int) -> bool:
     if topic is None or topic["error_code"] != 0 or len(topic["partitions"]) < partitions:
         return False
     return all(p["error_code"] == 0 and p["leader"] != _NO_LEADER for p in topic["partitions"])
+
+
+class EnsureTopics(Component):
+    """A service's first component: the topics it uses exist, with the log's partition count."""
+
+    name = "topics"
+
+    def __init__(self, kafka: KafkaSettings, specs: Callable[[], Sequence[TopicSpec]]) -> None:
+        self._kafka = kafka
+        self._specs = specs
+
+    async def start(self) -> None:
+        await ensure_service_topics(self._kafka, self._specs())

@@ -24,6 +24,7 @@ from waitroom_events.base import Message
 from waitroom_events.codec import Headers, encode
 from waitroom_events.topics import dlq_name
 from waitroom_platform import compat
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
@@ -113,6 +114,20 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**kafka.client_kwargs(), **options)
 
 
+class ProducerComponent(Component):
+    """A producer as a runtime component: started before, stopped after, what publishes through it."""
+
+    def __init__(self, producer: AIOKafkaProducer, name: str = "producer") -> None:
+        self.producer = producer
+        self.name = name
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+
 def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
         "enable_auto_commit": False,
@@ -155,12 +170,13 @@ class Publisher:
         *,
         partition: int | None = None,
         headers: Iterable[tuple[str, bytes]] = (),
+        timestamp_ms: int | None = None,
     ) -> RecordMetadata:
+        """Send the record and wait until the broker has it (the span lasts until then)."""
         with produce_span(topic, message, partition):
-            record = encode(message, outgoing_headers(headers))
-            return await self.producer.send_and_wait(
-                topic, record.value, key=record.key, partition=partition, headers=record.headers
-            )
+            delivery = await self._queue(topic, message, partition, headers, timestamp_ms)
+            metadata: RecordMetadata = await delivery
+            return metadata
 
     async def send(
         self,
@@ -169,13 +185,27 @@ class Publisher:
         *,
         partition: int | None = None,
         headers: Iterable[tuple[str, bytes]] = (),
+        timestamp_ms: int | None = None,
     ) -> Any:
-        """Queue the record and return the delivery future (for batching inside transactions)."""
+        """Queue the record and return the delivery future (for batching, inside transactions too).
+
+        ``timestamp_ms`` sets the record's timestamp (a delay topic's records are due by it).
+        """
         with produce_span(topic, message, partition):
-            record = encode(message, outgoing_headers(headers))
-            return await self.producer.send(
-                topic, record.value, key=record.key, partition=partition, headers=record.headers
-            )
+            return await self._queue(topic, message, partition, headers, timestamp_ms)
+
+    async def _queue(
+        self,
+        topic: str,
+        message: Message,
+        partition: int | None,
+        headers: Iterable[tuple[str, bytes]],
+        timestamp_ms: int | None,
+    ) -> Any:
+        record = encode(message, outgoing_headers(headers))
+        return await self.producer.send(
+            topic, record.value, key=record.key, partition=partition, headers=record.headers, timestamp_ms=timestamp_ms
+        )
 
 
 def dead_letter_headers(record: ConsumerRecord[Any, Any], error: BaseException | str) -> list[tuple[str, bytes]]:

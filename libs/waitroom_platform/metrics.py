@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +26,9 @@ import structlog
 from aiokafka import TopicPartition
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from prometheus_client import REGISTRY, CollectorRegistry, Metric
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = structlog.get_logger()
 
@@ -162,3 +165,25 @@ def _safely(depths: RoomDepths) -> list[tuple[str, int, int]]:
     with contextlib.suppress(RuntimeError):
         return list(depths())
     return []
+
+
+class ServiceNumbers(Collector):
+    """A service's own numbers on ``/metrics``: ``<prefix>_<name>`` per value, read at each scrape."""
+
+    def __init__(self, prefix: str, read: Callable[[], Mapping[str, float]], description: str) -> None:
+        self._prefix = prefix
+        self._read = read
+        self._description = description
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in sorted(self._read().items()):
+            yield GaugeMetricFamily(f"{self._prefix}_{name}", f"{self._description}: {name}", value=float(value))
+
+
+def expose_numbers(
+    prefix: str, read: Callable[[], Mapping[str, float]], description: str, registry: CollectorRegistry = REGISTRY
+) -> Callable[[], None]:
+    """Publish ``read()``'s numbers on the health port's ``/metrics``; call the result to withdraw them."""
+    collector = ServiceNumbers(prefix, read, description)
+    registry.register(collector)
+    return lambda: registry.unregister(collector)

@@ -1,48 +1,56 @@
-"""Follow every partition of a topic from its beginning, without a consumer group.
+"""Follow every partition of a topic from its beginning (or its end), without a consumer group.
 
 Read models use this: every replica sees every room, and replaying from the start rebuilds the
 state the log describes. ``caught_up`` is set once the tail has read everything that was committed
-when it started, which is when a read model can answer truthfully.
+when it started, which is when a read model can answer truthfully. It is a runtime component: a
+tail whose loop fails ends the process (logged once, with its name), instead of leaving a read
+model that silently stopped following the log.
+
+Records are decoded by the consumer skeleton into the accepted types; what does not decode is
+logged and skipped (the topic's writer owns its dead letters).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Generic
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 
+from waitroom_platform.consume import Accepts, ConsumerLoop, M, Record
 from waitroom_platform.kafka import make_consumer, partitions_of
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
 
-Record: TypeAlias = ConsumerRecord[Any, Any]
-BatchHandler = Callable[[Sequence[Record]], Awaitable[None] | None]
+#: hands over the decoded records of one fetched partition batch
+BatchHandler = Callable[[Sequence[tuple[Record, M]]], Awaitable[None] | None]
 
 
-class TopicTail:
+class TopicTail(Component, Generic[M]):
     def __init__(
         self,
         kafka: KafkaSettings,
         topic: str,
-        on_batch: BatchHandler,
+        accepts: Accepts,
+        on_batch: BatchHandler[M],
         *,
         from_beginning: bool = True,
         max_records: int = 2000,
     ) -> None:
         self._kafka = kafka
         self.topic = topic
+        self.name = f"tail:{topic}"
+        self._accepts = accepts
         self._on_batch = on_batch
         self._from_beginning = from_beginning
         self._max_records = max_records
         self._consumer: AIOKafkaConsumer | None = None
         self._targets: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         consumer = make_consumer(self._kafka, fetch_max_wait_ms=10, max_partition_fetch_bytes=4 * 1024 * 1024)
@@ -50,7 +58,6 @@ class TopicTail:
         self._consumer = consumer
         partitions = await partitions_of(consumer, self.topic)
         if not partitions:
-            await consumer.stop()
             raise RuntimeError(f"topic {self.topic!r} does not exist; create the topics first")
         tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(tps)
@@ -61,19 +68,23 @@ class TopicTail:
             await consumer.seek_to_end(*tps)
         if not self._targets:
             self.caught_up.set()
-        self._task = asyncio.create_task(self._run(), name=f"tail:{self.topic}")
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         assert self._consumer is not None
-        consumer = self._consumer
-        while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
-            for records in batches.values():
-                result = self._on_batch(records)
-                if result is not None:
-                    await result
-            if not self.caught_up.is_set():
-                await self._check_caught_up()
+        loop = _TailLoop(self, self._consumer)
+        await loop.run()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def ready(self) -> bool:
+        return self.caught_up.is_set()
+
+    async def _hand_over(self, tp: TopicPartition, records: Sequence[tuple[Record, M]]) -> None:
+        result = self._on_batch(records)
+        if result is not None:
+            await result
 
     async def _check_caught_up(self) -> None:
         assert self._consumer is not None
@@ -84,18 +95,14 @@ class TopicTail:
             log.info("tail_caught_up", topic=self.topic)
             self.caught_up.set()
 
-    @property
-    def failed(self) -> BaseException | None:
-        if self._task is not None and self._task.done() and not self._task.cancelled():
-            return self._task.exception()
-        return None
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: S110 - stopping; errors were logged
-                pass
-        if self._consumer is not None:
-            await self._consumer.stop()
+class _TailLoop(ConsumerLoop[M]):
+    def __init__(self, tail: TopicTail[M], consumer: AIOKafkaConsumer) -> None:
+        super().__init__(
+            consumer, tail._accepts, tail._hand_over, commit=False, max_records=tail._max_records, name=tail.name
+        )
+        self._tail = tail
+
+    async def after_fetch(self, batches: Sequence[tuple[TopicPartition, list[Record]]]) -> None:
+        if not self._tail.caught_up.is_set():
+            await self._tail._check_caught_up()

@@ -11,6 +11,11 @@ Configured by the standard environment variables:
 - ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``: the resource (default name ``waitroom-<service>``).
 - ``OTEL_METRIC_EXPORT_INTERVAL``: milliseconds between metric exports (SDK default 60 000).
 
+Whatever the exporters, every metric is also readable in the Prometheus text format on the
+service's health port (``/metrics``): the OpenTelemetry Prometheus reader feeds
+``prometheus_client``'s registry, which the health server renders when scraped (nothing is
+computed between scrapes).
+
 Library code (Kafka helpers, handlers) uses only the OpenTelemetry API: without this set-up every
 span is a no-op.
 """
@@ -93,6 +98,12 @@ def _metric_reader(name: str) -> Any:
     raise ValueError(f"unknown OTEL_METRICS_EXPORTER {name!r} (otlp, console or none)")
 
 
+def _prometheus_reader() -> Any:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    return PrometheusMetricReader()
+
+
 def setup_telemetry(service: str) -> Telemetry:
     """Install the tracer and meter providers for this process."""
     name = os.environ.get("OTEL_SERVICE_NAME") or f"waitroom-{service}"
@@ -116,6 +127,7 @@ def setup_telemetry(service: str) -> Telemetry:
     telemetry._providers.append(tracer_provider)
 
     readers = [_metric_reader(n) for n in _exporter_names("OTEL_METRICS_EXPORTER", "METRICS") if n != "none"]
+    readers.append(_prometheus_reader())
     telemetry.metric_exporters = [n for n in _exporter_names("OTEL_METRICS_EXPORTER", "METRICS") if n != "none"]
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)

@@ -15,9 +15,7 @@ record is on the dead-letter topic): a crash or an AWS outage re-reads, never sk
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeAlias
 
@@ -26,31 +24,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from waitroom_events.base import Message
-from waitroom_events.codec import DecodeError, decode
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 from waitroom_notifier.alerts import alert_notification
 from waitroom_notifier.aws import Backoff, Rejected, call_until_accepted
 from waitroom_notifier.metrics import batch_datums, room_metric_datums
 from waitroom_notifier.sinks import AlertSink, MetricsSink
-from waitroom_platform.kafka import consume_span, make_consumer, make_producer, send_to_dead_letter
+from waitroom_platform.consume import ConsumerLoop, Poison
+from waitroom_platform.kafka import consume_span, make_consumer, make_producer
 from waitroom_platform.metrics import track_consumer_lag
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
 
 Record: TypeAlias = ConsumerRecord[Any, Any]
-
-
-@dataclass
-class Chunk:
-    """Records handled and committed together: ``good`` decoded, ``poison`` with their error."""
-
-    good: list[tuple[Record, Message]] = field(default_factory=list)
-    poison: list[tuple[Record, BaseException]] = field(default_factory=list)
-
-    @property
-    def last_offset(self) -> int:
-        return max(r.offset for r, _ in [*self.good, *self.poison])
 
 
 class Handler(Protocol):
@@ -137,7 +124,9 @@ class AlertHandler:
             )
 
 
-class Forwarder:
+class Forwarder(Component):
+    """One pipeline: a consumer group over ``topic`` whose records its handler delivers to AWS."""
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -151,11 +140,15 @@ class Forwarder:
         self.topic = topic
         self.group_id = group_id
         self.handler = handler
+        self.name = f"forward:{handler.name}"
         self._max_poll_interval_ms = int(max_poll_interval_s * 1000)
-        self.ready = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._loop: ConsumerLoop[Message] | None = None
+        self._untrack_lag: Callable[[], None] | None = None
 
-    async def run(self) -> None:
-        consumer = make_consumer(
+    async def start(self) -> None:
+        self._consumer = make_consumer(
             self._kafka,
             self.topic,
             group_id=self.group_id,
@@ -165,68 +158,36 @@ class Forwarder:
             heartbeat_interval_ms=1_000,
             fetch_max_wait_ms=100,
         )
-        producer = make_producer(self._kafka)
-        await producer.start()
-        untrack_lag: Callable[[], None] | None = None
+        self._producer = make_producer(self._kafka)
+        await self._producer.start()
+        await self._consumer.start()
+        self._untrack_lag = track_consumer_lag(self._consumer, self.group_id)
+        self._loop = ConsumerLoop(
+            self._consumer,
+            self.handler.accepts,
+            self._hand_over,
+            producer=self._producer,
+            chunk_size=self.handler.chunk_size,
+            name=self.name,
+        )
+        log.info("forwarder_started", pipeline=self.handler.name, topic=self.topic, group=self.group_id)
+
+    async def run(self) -> None:
+        assert self._loop is not None
+        await self._loop.run()
+
+    async def stop(self) -> None:
+        if self._untrack_lag is not None:
+            self._untrack_lag()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _hand_over(self, tp: TopicPartition, messages: Sequence[tuple[Record, Message]]) -> list[Poison]:
+        """Deliver a chunk; content AWS refuses goes to the dead letters, the rest is retried inside."""
         try:
-            await consumer.start()
-            untrack_lag = track_consumer_lag(consumer, self.group_id)
-            log.info("forwarder_started", pipeline=self.handler.name, topic=self.topic, group=self.group_id)
-            self.ready.set()
-            while True:
-                batches = list((await consumer.getmany(timeout_ms=500)).items())
-                for index, (tp, records) in enumerate(batches):
-                    if not await self._handle_partition(consumer, producer, tp, records):
-                        # A commit failed (the group may have changed): re-read what was not handled.
-                        for other, rest in batches[index + 1 :]:
-                            _rewind(consumer, other, rest[0].offset)
-                        break
-        finally:
-            if untrack_lag is not None:
-                untrack_lag()
-            await consumer.stop()
-            await producer.stop()
-
-    def _decode(self, record: Record) -> Message | BaseException:
-        try:
-            message = decode(record.value, record.headers)
-        except DecodeError as exc:
-            return exc
-        if not isinstance(message, self.handler.accepts):
-            return DecodeError(f"{message.TYPE} does not belong on {self.topic}")
-        return message
-
-    async def _handle_partition(
-        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Record]
-    ) -> bool:
-        size = self.handler.chunk_size
-        for start in range(0, len(records), size):
-            chunk = Chunk()
-            for record in records[start : start + size]:
-                decoded = self._decode(record)
-                if isinstance(decoded, BaseException):
-                    chunk.poison.append((record, decoded))
-                else:
-                    chunk.good.append((record, decoded))
-            if chunk.good:
-                try:
-                    await self.handler.deliver(chunk.good)
-                except Rejected as exc:
-                    chunk.poison.extend((record, exc) for record, _ in chunk.good)
-            if chunk.poison:
-                deliveries = [await send_to_dead_letter(producer, record, error) for record, error in chunk.poison]
-                await asyncio.gather(*deliveries)
-            try:
-                await consumer.commit({tp: chunk.last_offset + 1})
-            except Exception as exc:  # noqa: BLE001 - any commit failure means: re-read, never skip
-                log.warning("commit_failed", pipeline=self.handler.name, partition=tp.partition, error=repr(exc))
-                _rewind(consumer, tp, records[start].offset)
-                return False
-        return True
-
-
-def _rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
-    try:
-        consumer.seek(tp, offset)
-    except Exception:  # noqa: BLE001,S110 - no longer ours: its new owner reads from the committed offset
-        pass
+            await self.handler.deliver(messages)
+        except Rejected as exc:
+            return [(record, exc) for record, _ in messages]
+        return []

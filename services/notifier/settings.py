@@ -7,7 +7,7 @@ roles), so the notifier runs unchanged against moto, LocalStack or AWS.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,9 +21,14 @@ _NAME = r"^[A-Za-z0-9_-]{1,256}$"
 
 class NotifierSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAITROOM_NOTIFIER_", extra="ignore")
+    DEPRECATED_ENV: ClassVar[dict[str, str]] = {"WAITROOM_NOTIFIER_GROUP_PREFIX": "WAITROOM_NOTIFIER_GROUP_ID"}
 
     common: CommonSettings = Field(default_factory=CommonSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    #: the health port: ``/healthz``, ``/readyz``, Prometheus ``/metrics``; port 0 picks a free one
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8013, ge=0, le=65535)
 
     # ---- CloudWatch metrics
     metrics_enabled: bool = True
@@ -57,7 +62,8 @@ class NotifierSettings(BaseSettings):
     alarm_evaluation_periods: int = Field(default=2, ge=1, le=100)
 
     # ---- delivery
-    group_prefix: str | None = None
+    #: consumer groups are ``<group id>-metrics`` and ``<group id>-alerts``; ``<prefix>.notifier``
+    group_id: str | None = None
     max_records: int = Field(default=500, ge=1, le=10_000)
     aws_max_attempts: int = Field(default=3, ge=1, le=10)
     aws_retry_mode: Literal["standard", "adaptive"] = "standard"
@@ -110,5 +116,5 @@ class NotifierSettings(BaseSettings):
             for metric, threshold in sorted(self.alarm_thresholds.items())
         ]
 
-    def group_id(self, pipeline: str) -> str:
-        return f"{self.group_prefix or self.common.topic_prefix + '.notifier'}-{pipeline}"
+    def group(self, pipeline: str) -> str:
+        return f"{self.group_id or self.common.topic_prefix + '.notifier'}-{pipeline}"

@@ -1,25 +1,18 @@
 """Composition root of the reaper: ``python -m waitroom_reaper``.
 
-Builds settings, makes sure the topics exist, and runs the reaper with its health endpoint until
-SIGTERM or SIGINT.
+Settings, then the components: the topics, and the reaper (its health port comes with the runtime).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import signal
-from typing import Any
 
-import structlog
-
-from waitroom_platform.admin import ensure_service_topics
-from waitroom_platform.service import load_settings, run_async, service_context
-from waitroom_reaper.health import HealthServer
+from waitroom_platform.admin import EnsureTopics
+from waitroom_platform.metrics import expose_numbers
+from waitroom_platform.runtime import Component
+from waitroom_platform.service import run_service
 from waitroom_reaper.reaper import Reaper, ReaperOptions
 from waitroom_reaper.settings import ReaperSettings
-
-log = structlog.get_logger()
 
 
 def build_reaper(settings: ReaperSettings) -> Reaper:
@@ -35,44 +28,22 @@ def build_reaper(settings: ReaperSettings) -> Reaper:
     return Reaper(settings.kafka, settings.common.topics(), options)
 
 
-async def run(settings: ReaperSettings) -> None:
-    topics = settings.common.topics()
-    await ensure_service_topics(settings.kafka, topics.all())
-
+def build(settings: ReaperSettings) -> list[Component]:
     reaper = build_reaper(settings)
-
-    def metrics() -> dict[str, Any]:
-        return {
+    expose_numbers(
+        "waitroom_reaper",
+        lambda: {
             **dataclasses.asdict(reaper.metrics),
             "live_tickets": reaper.live_tickets(),
-            "partitions": reaper.owned_partitions(),
-        }
-
-    health = HealthServer(settings.host, settings.port, lambda: reaper.ready, metrics)
-    await health.start()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    work = asyncio.create_task(reaper.run(), name="reaper")
-    stopper = asyncio.create_task(stop.wait(), name="stop")
-    await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
-    failed = work.done() and not work.cancelled() and work.exception() is not None
-    work.cancel()
-    stopper.cancel()
-    await asyncio.gather(work, stopper, return_exceptions=True)
-    await health.stop()
-    if failed:
-        log.error("reaper_failed", error=repr(work.exception()))
-        raise SystemExit(1)
-    log.info("reaper_stopped")
+            "partitions": len(reaper.owned_partitions()),
+        },
+        "the reaper's counters since start",
+    )
+    return [EnsureTopics(settings.kafka, settings.common.topics().all), reaper]
 
 
 def main() -> None:
-    settings = load_settings(ReaperSettings, "reaper")
-    with service_context("reaper", settings.common):
-        run_async(run(settings))
+    run_service("reaper", ReaperSettings, build)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from waitroom_platform.kafka import (
     produce_span,
     send_to_dead_letter,
 )
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
 from waitroom_reaper.state import PartitionState, RoomEntry, TicketEntry
 
@@ -93,7 +94,9 @@ class Metrics:
     last_recovery_s: float = 0.0
 
 
-class Reaper:
+class Reaper(Component):
+    name = "reaper"
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -123,7 +126,6 @@ class Reaper:
 
     # ---------------------------------------------------------------- lifecycle
 
-    @property
     def ready(self) -> bool:
         return self._delayed is not None and self._delayed.ready.is_set()
 

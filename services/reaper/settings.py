@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -10,15 +12,19 @@ from waitroom_platform.settings import CommonSettings, KafkaSettings
 
 class ReaperSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAITROOM_REAPER_", extra="ignore")
+    DEPRECATED_ENV: ClassVar[dict[str, str]] = {
+        "WAITROOM_REAPER_HOST": "WAITROOM_REAPER_HEALTH_HOST",
+        "WAITROOM_REAPER_PORT": "WAITROOM_REAPER_HEALTH_PORT",
+    }
 
     common: CommonSettings = Field(default_factory=CommonSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     #: consumer group over the delay topic; defaults to ``<prefix>.reaper``
     group_id: str | None = None
-    #: health endpoint (``/healthz``, ``/readyz``, ``/metrics``); port 0 picks a free one
-    host: str = "127.0.0.1"
-    port: int = Field(default=8010, ge=0, le=65535)
+    #: the health port: ``/healthz``, ``/readyz``, Prometheus ``/metrics``; port 0 picks a free one
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8010, ge=0, le=65535)
 
     #: heartbeats up to a ticket's deadline plus this must have been read before it expires
     heartbeat_grace_s: float = Field(default=0.1, ge=0.0, le=5.0)

@@ -115,7 +115,7 @@ class Stats:
         partitions = registry.room_events.partitions
         brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap_servers.split(",")]
         self.app = StatsApp(
-            settings.group_id,
+            settings.group,
             broker=brokers,
             broker_client_id=f"{settings.kafka.client_id}-stats",
             broker_credentials=_credentials(settings),
@@ -201,7 +201,7 @@ class Stats:
             await self._dead_letter(event, exc)
             return
         if isinstance(message, ROOM_EVENTS):
-            with consume_span(as_record(event), self.settings.group_id, message) as span:
+            with consume_span(as_record(event), self.settings.group, message) as span:
                 self.apply(message, event.message.offset, event.message.partition)
             recent = self.unsnapshotted.setdefault(message.room_id, deque(maxlen=MAX_SNAPSHOT_LINKS))
             recent.append(span.get_span_context())
@@ -273,7 +273,7 @@ class Stats:
             return
         if not isinstance(message, RoomStats):
             return
-        with consume_span(as_record(event), self.settings.group_id, message):
+        with consume_span(as_record(event), self.settings.group, message):
             await self._evaluate(event, message)
 
     async def _evaluate(self, event: EventT, message: RoomStats) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,14 +17,18 @@ RuleOverrides = dict[str, float | int | None]
 
 class StatsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAITROOM_STATS_", extra="ignore")
+    DEPRECATED_ENV: ClassVar[dict[str, str]] = {"WAITROOM_STATS_APP_ID": "WAITROOM_STATS_GROUP_ID"}
 
     common: CommonSettings = Field(default_factory=CommonSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
+    #: the health port: ``/healthz``, ``/readyz``, Prometheus ``/metrics``; port 0 picks a free one
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8012, ge=0, le=65535)
     #: how often each live room's snapshot goes to room-stats (the seed polled every 10 s)
     snapshot_interval_s: float = Field(default=10.0, ge=0.1, le=300.0)
-    #: faust app id: the consumer group and the prefix of its changelog topics
-    app_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+    #: faust app id: the consumer group and the prefix of its changelog topics; ``<prefix>.stats``
+    group_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
     #: faust's data folder (tables live in memory; faust still keeps metadata here)
     data_dir: Path | None = None
     #: how often consumed offsets are committed
@@ -44,12 +49,12 @@ class StatsSettings(BaseSettings):
         return self
 
     @property
-    def group_id(self) -> str:
-        return self.app_id or f"{self.common.topic_prefix}.stats"
+    def group(self) -> str:
+        return self.group_id or f"{self.common.topic_prefix}.stats"
 
     @property
     def data_path(self) -> Path:
-        return self.data_dir or Path(tempfile.gettempdir()) / f"waitroom-stats-{self.group_id}"
+        return self.data_dir or Path(tempfile.gettempdir()) / f"waitroom-stats-{self.group}"
 
     def rules_for(self, room_id: str) -> Rules:
         rules = Rules().with_overrides(dict(self.default_rules))

@@ -1,21 +1,22 @@
 """Composition root of the ticketing service: ``python -m waitroom_ticketing``.
 
-Builds settings, Kafka clients, the read model, the sequencer and the HTTP app, and runs what the
-role asks for (``all``: API and sequencer in one process; ``api``; ``sequencer``).
+Settings, then the components the role asks for (``all``: API and sequencer in one process;
+``api``; ``sequencer``): the sequencer, the producer, the read model, the stats view and the HTTP
+server, started in that order and stopped in reverse. The topics must exist (the dev command, the
+chart's hook Job or ``python -m waitroom_platform.topics_cli`` create them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 
 import structlog
 import uvicorn
 
-from waitroom_platform.kafka import Publisher, make_producer
+from waitroom_platform.kafka import ProducerComponent, Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
-from waitroom_platform.service import load_settings, run_async, service_context
+from waitroom_platform.runtime import Component
+from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_app
 from waitroom_ticketing.ratelimit import RateLimiter
@@ -26,6 +27,9 @@ from waitroom_ticketing.stats_view import StatsView
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
 
 log = structlog.get_logger()
+
+#: how long in-flight requests may take to finish once the server stops accepting
+HTTP_DRAIN_S = 10.0
 
 
 def build_signer(settings: TicketingSettings) -> EntryTokenSigner:
@@ -44,39 +48,48 @@ def room_depths(read_model: ReadModel) -> RoomDepths:
     ]
 
 
-async def run(settings: TicketingSettings) -> None:
-    topics = settings.common.topics()
-    tasks: list[asyncio.Task[None]] = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+class HttpServer(Component):
+    """uvicorn serving the API; stopping finishes the requests in flight before the clients close."""
 
+    name = "http"
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._server = uvicorn.Server(config)
+        # uvicorn would take over SIGTERM/SIGINT; the supervisor stops every part together, in order.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self._config = config
+
+    async def start(self) -> None:
+        log.info("ticketing_listening", url=f"http://{self._config.host}:{self._config.port}")
+
+    async def run(self) -> None:
+        await self._server.serve()
+
+    async def drain(self) -> None:
+        self._server.should_exit = True
+
+    def ready(self) -> bool:
+        return self._server.started
+
+
+def build(settings: TicketingSettings) -> list[Component]:
+    topics = settings.common.topics()
+    components: list[Component] = []
     sequencer: Sequencer | None = None
     if settings.role in ("all", "sequencer"):
         sequencer = Sequencer(
-            settings.kafka,
-            topics,
-            SequencerOptions(group_id=settings.group_id, transactional=settings.transactions),
+            settings.kafka, topics, SequencerOptions(group_id=settings.group, transactional=settings.transactions)
         )
-        tasks.append(asyncio.create_task(sequencer.run(), name="sequencer"))
-
-    producer = None
-    read_model = None
-    stats_view: StatsView | None = None
-    server: uvicorn.Server | None = None
+        components.append(sequencer)
     if settings.role in ("all", "api"):
-        producer = make_producer(settings.kafka)
-        await producer.start()
+        producer = ProducerComponent(make_producer(settings.kafka))
         read_model = ReadModel(settings.kafka, topics.room_events.name)
-        await read_model.start()
         register_room_gauges(room_depths(read_model))
         stats_view = StatsView(settings.kafka, topics.room_stats.name)
-        await stats_view.start()
         assert settings.admin_token is not None and settings.ticket_secret is not None
         services = Services(
             topics=topics,
-            publisher=Publisher(producer),
+            publisher=Publisher(producer.producer),
             read_model=read_model,
             tickets=TicketTokens(settings.ticket_secret.get_secret_value()),
             signer=build_signer(settings),
@@ -84,7 +97,7 @@ async def run(settings: TicketingSettings) -> None:
             limiter=RateLimiter(settings.join_rate_per_ip, settings.join_burst),
             join_wait_s=settings.join_wait_s,
             publish_timeout_s=settings.publish_timeout_s,
-            is_ready=lambda: read_model.ready and (sequencer is None or sequencer.ready.is_set()),
+            is_ready=lambda: read_model.ready() and (sequencer is None or sequencer.ready()),
             stats=stats_view,
         )
         app = create_app(services)
@@ -99,40 +112,15 @@ async def run(settings: TicketingSettings) -> None:
             # Longer than the idle timeout of common load balancers (60 s), so the server never
             # closes a kept-alive connection that a client or proxy is about to reuse.
             timeout_keep_alive=settings.keepalive_s,
+            timeout_graceful_shutdown=int(HTTP_DRAIN_S),
             backlog=4096,
         )
-        server = uvicorn.Server(config)
-        # uvicorn would take over SIGTERM/SIGINT; ours stop every part together, in order.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        tasks.append(asyncio.create_task(server.serve(), name="http"))
-        log.info("ticketing_listening", url=f"http://{settings.host}:{settings.port}")
-
-    stopper = asyncio.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-    failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
-    if server is not None:
-        server.should_exit = True  # finish in-flight requests before the clients close
-        await asyncio.wait([t for t in tasks if t.get_name() == "http"], timeout=10)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    if stats_view is not None:
-        await stats_view.stop()
-    if read_model is not None:
-        await read_model.stop()
-    if producer is not None:
-        await producer.stop()
-    if failed:
-        exc = failed[0].exception()
-        log.error("ticketing_failed", task=failed[0].get_name(), error=repr(exc))
-        raise SystemExit(1)
-    log.info("ticketing_stopped")
+        components += [producer, read_model, stats_view, HttpServer(config)]
+    return components
 
 
 def main() -> None:
-    settings = load_settings(TicketingSettings, "ticketing")
-    with service_context("ticketing", settings.common):
-        run_async(run(settings))
+    run_service("ticketing", TicketingSettings, build)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ class Services:
         self.join_wait_s = join_wait_s
         self.publish_timeout_s = publish_timeout_s
         self.clock = clock
-        self.is_ready = is_ready or (lambda: read_model.ready)
+        self.is_ready = is_ready or read_model.ready
         self.stats = stats
 
     async def publish(self, topic: str, message: Message) -> None:

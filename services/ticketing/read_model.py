@@ -13,14 +13,13 @@ from typing import Any
 import structlog
 
 from waitroom_core.room import RoomState, Ticket, evolve
-from waitroom_events.codec import DecodeError, decode
-from waitroom_events.events import JoinRejected, RoomConfigured, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
+from waitroom_events.events import JoinRejected, RoomEvent, TicketIssued
+from waitroom_platform.consume import Record
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
-from waitroom_platform.tail import Record, TopicTail
+from waitroom_platform.tail import TopicTail
 
 log = structlog.get_logger()
-
-ROOM_EVENTS = (RoomConfigured, TicketIssued, TicketAdmitted, TicketLeft, TicketExpired)
 
 
 class JoinRefused(Exception):
@@ -29,10 +28,12 @@ class JoinRefused(Exception):
         self.reason = reason
 
 
-class ReadModel:
+class ReadModel(Component):
+    name = "read-model"
+
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
         self.rooms: dict[str, RoomState] = {}
-        self._tail = TopicTail(kafka, topic, self.apply_records)
+        self._tail = TopicTail(kafka, topic, RoomEvent, self._apply_decoded)
         self._ticket_waiters: dict[str, list[asyncio.Future[Ticket]]] = {}
         self._changed = asyncio.Condition()
         self.events_applied = 0
@@ -40,27 +41,23 @@ class ReadModel:
     async def start(self) -> None:
         await self._tail.start()
 
+    async def run(self) -> None:
+        await self._tail.run()
+
     async def stop(self) -> None:
         await self._tail.stop()
 
-    @property
     def ready(self) -> bool:
-        return self._tail.caught_up.is_set() and self._tail.failed is None
+        return self._tail.ready()
 
-    async def wait_ready(self, timeout: float) -> None:
-        await asyncio.wait_for(self._tail.caught_up.wait(), timeout)
+    def _apply_decoded(self, records: Sequence[tuple[Record, RoomEvent]]) -> None:
+        self.apply([event for _, event in records])
 
-    def apply_records(self, records: Sequence[Record]) -> None:
-        for record in records:
-            try:
-                event = decode(record.value, record.headers)
-            except DecodeError as exc:
-                log.error("room_event_undecodable", offset=record.offset, error=str(exc))
-                continue
+    def apply(self, events: Sequence[RoomEvent]) -> None:
+        """Fold events read from the log, in log order; wakes the calls waiting on them."""
+        for event in events:
             if isinstance(event, JoinRejected):
                 self._resolve(event.ticket_id, error=JoinRefused(event.reason))
-                continue
-            if not isinstance(event, ROOM_EVENTS):
                 continue
             room = self.rooms.get(event.room_id)
             if room is None:
@@ -69,7 +66,7 @@ class ReadModel:
             self.events_applied += 1
             if isinstance(event, TicketIssued):
                 self._resolve(event.ticket_id, ticket=room.tickets.get(event.ticket_id))
-        if records:
+        if events:
             asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
@@ -128,4 +125,4 @@ class ReadModel:
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"rooms": len(self.rooms), "events_applied": self.events_applied, "ready": self.ready}
+        return {"rooms": len(self.rooms), "events_applied": self.events_applied, "ready": self.ready()}

@@ -15,49 +15,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from opentelemetry.trace import Span
 
 from waitroom_core.room import InvalidCommand, RoomState, decide, evolve
 from waitroom_events.codec import DecodeError, decode, header
-from waitroom_events.commands import (
-    AdmitRequested,
-    ExpireRequested,
-    JoinRequested,
-    LeaveRequested,
-    RoomConfigureRequested,
-)
-from waitroom_events.events import (
-    JoinRejected,
-    RoomConfigured,
-    TicketAdmitted,
-    TicketExpired,
-    TicketIssued,
-    TicketLeft,
-)
+from waitroom_events.commands import Command
+from waitroom_events.events import StateEvent
 from waitroom_events.topics import TopicRegistry
+from waitroom_platform.consume import ConsumerLoop, Poison, Record, read_to_end
 from waitroom_platform.kafka import (
     HEADER_SOURCE_OFFSET,
     Publisher,
     consume_span,
     make_consumer,
     make_producer,
-    message_attributes,
     send_to_dead_letter,
 )
 from waitroom_platform.metrics import track_consumer_lag
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
-
-COMMAND_TYPES = (JoinRequested, LeaveRequested, ExpireRequested, RoomConfigureRequested, AdmitRequested)
-EVENT_TYPES = (RoomConfigured, TicketIssued, TicketAdmitted, TicketLeft, TicketExpired, JoinRejected)
 
 
 @dataclass
@@ -76,7 +60,9 @@ class SequencerOptions:
     max_batch: int = 500
 
 
-class Sequencer:
+class Sequencer(Component):
+    name = "sequencer"
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -92,11 +78,16 @@ class Sequencer:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._plain_producer: AIOKafkaProducer | None = None
-        self.ready = asyncio.Event()
+        self._untrack_lag: Callable[[], None] | None = None
+        #: set once the group gave this member its partitions (possibly none)
+        self.joined = asyncio.Event()
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def run(self) -> None:
+    def ready(self) -> bool:
+        return self.joined.is_set()
+
+    async def start(self) -> None:
         consumer = make_consumer(
             self._kafka,
             group_id=self._options.group_id,
@@ -112,25 +103,20 @@ class Sequencer:
             await self._plain_producer.start()
         await consumer.start()
         consumer.subscribe([self._topics.commands.name], listener=_Rebalance(self))
-        untrack_lag = track_consumer_lag(consumer, self._options.group_id)
+        self._untrack_lag = track_consumer_lag(consumer, self._options.group_id)
         log.info("sequencer_started", group=self._options.group_id, transactional=self._options.transactional)
-        try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=200, max_records=self._options.max_batch)
-                for tp, records in batches.items():
-                    async with self._lock:
-                        owned = self._owned.get(tp.partition)
-                        if owned is None:
-                            continue  # revoked while the batch was in flight
-                        await self._apply_batch(owned, tp, records)
-        finally:
-            untrack_lag()
-            await self._close()
 
-    async def _close(self) -> None:
+    async def run(self) -> None:
+        assert self._consumer is not None
+        await _CommandLoop(self, self._consumer).run()
+
+    async def stop(self) -> None:
+        if self._untrack_lag is not None:
+            self._untrack_lag()
         async with self._lock:
             for owned in self._owned.values():
-                await owned.producer.stop()
+                if owned.producer is not self._plain_producer:
+                    await owned.producer.stop()
             self._owned.clear()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -144,7 +130,7 @@ class Sequencer:
             for tp in sorted(partitions, key=lambda t: t.partition):
                 if tp.partition not in self._owned:
                     await self._take_ownership(tp)
-        self.ready.set()  # joined the group (possibly with no partition: more members than partitions)
+        self.joined.set()  # joined the group (possibly with no partition: more members than partitions)
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         async with self._lock:
@@ -196,13 +182,7 @@ class Sequencer:
         reader = make_consumer(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
         await reader.start()
         try:
-            reader.assign([events_tp])
-            await reader.seek_to_beginning(events_tp)
-            end = (await reader.end_offsets([events_tp]))[events_tp]
-            while await reader.position(events_tp) < end:
-                batch = await reader.getmany(events_tp, timeout_ms=500, max_records=5000)
-                for record in batch.get(events_tp, []):
-                    self._replay(owned, record)
+            await read_to_end(reader, events_tp, lambda record: self._replay(owned, record), max_records=5000)
         finally:
             await reader.stop()
 
@@ -212,7 +192,7 @@ class Sequencer:
         except DecodeError as exc:
             log.error("room_event_undecodable", partition=record.partition, offset=record.offset, error=str(exc))
             return
-        if isinstance(event, EVENT_TYPES) and not isinstance(event, JoinRejected):
+        if isinstance(event, StateEvent):
             room = owned.rooms.get(event.room_id)
             if room is None:
                 room = owned.rooms[event.room_id] = RoomState(event.room_id)
@@ -224,72 +204,110 @@ class Sequencer:
 
     # ---------------------------------------------------------------- applying commands
 
-    async def _apply_batch(
-        self, owned: OwnedPartition, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
-    ) -> None:
-        records = [r for r in records if r.offset >= owned.next_offset]
-        if not records:
-            return
-        try:
-            if self._options.transactional:
-                async with owned.producer.transaction():
-                    await self._decide_and_append(owned, records)
-                    await owned.producer.send_offsets_to_transaction(
-                        {tp: OffsetAndMetadata(owned.next_offset, "")}, self._options.group_id
-                    )
-            else:
-                await self._decide_and_append(owned, records)
-                assert self._consumer is not None
-                await self._consumer.commit({tp: owned.next_offset})
-        except Exception:
-            # The in-memory rooms may be ahead of what the log kept: rebuild them from the log.
-            log.exception("sequencer_batch_failed", partition=owned.partition)
-            self._owned.pop(owned.partition, None)
-            if owned.producer is not self._plain_producer:
-                await owned.producer.stop()
-            await self._take_ownership(tp)
-
-    async def _decide_and_append(self, owned: OwnedPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+    async def _decide_and_append(
+        self, owned: OwnedPartition, commands: Sequence[tuple[Record, Command]]
+    ) -> list[Poison]:
+        """Decide each command in log order and queue its events; returns the commands refused."""
         publisher = Publisher(owned.producer)
         deliveries = []
+        refused: list[Poison] = []
         now = self._clock()
-        for record in records:
-            with consume_span(record, self._options.group_id) as span:
-                deliveries.extend(await self._apply_one(owned, publisher, record, now, span))
+        for record, command in commands:
+            with consume_span(record, self._options.group_id, command) as span:
+                room = owned.rooms.get(command.room_id)
+                if room is None:
+                    room = RoomState(command.room_id)
+                try:
+                    events = decide(room, command, now)
+                except InvalidCommand as exc:
+                    span.set_attribute("waitroom.dead_lettered", True)
+                    refused.append((record, exc))
+                    continue
+                span.set_attribute("waitroom.events", len(events))
+                source = [(HEADER_SOURCE_OFFSET, str(record.offset).encode())]
+                for event in events:
+                    evolve(room, event)
+                    deliveries.append(
+                        await publisher.send(
+                            self._topics.room_events.name, event, partition=owned.partition, headers=source
+                        )
+                    )
+                if room.exists:
+                    owned.rooms.setdefault(command.room_id, room)
+                owned.next_offset = record.offset + 1
+                if events:
+                    log.debug("command_applied", room_id=command.room_id, type=command.TYPE, events=len(events))
         if deliveries:
             await asyncio.gather(*deliveries)
+        return refused
 
-    async def _apply_one(
-        self, owned: OwnedPartition, publisher: Publisher, record: ConsumerRecord[Any, Any], now: float, span: Span
-    ) -> list[Any]:
-        """Decide one command and queue its events; returns the delivery futures."""
-        try:
-            command = decode(record.value, record.headers)
-            if not isinstance(command, COMMAND_TYPES):
-                raise DecodeError(f"{command.TYPE} is not a command")
-            span.set_attributes(message_attributes(command))
-            room = owned.rooms.get(command.room_id)
-            if room is None:
-                room = RoomState(command.room_id)
-            events = decide(room, command, now)
-        except (DecodeError, InvalidCommand) as exc:
-            span.set_attribute("waitroom.dead_lettered", True)
-            owned.next_offset = record.offset + 1
-            return [await send_to_dead_letter(owned.producer, record, exc)]
-        span.set_attribute("waitroom.events", len(events))
-        source = [(HEADER_SOURCE_OFFSET, str(record.offset).encode())]
-        deliveries = []
-        for event in events:
-            evolve(room, event)
-            deliveries.append(
-                await publisher.send(self._topics.room_events.name, event, partition=owned.partition, headers=source)
+    async def _recover_after_failure(self, owned: OwnedPartition, tp: TopicPartition) -> None:
+        """The in-memory rooms may be ahead of what the log kept: rebuild them from the log."""
+        log.exception("sequencer_batch_failed", partition=owned.partition)
+        self._owned.pop(owned.partition, None)
+        if owned.producer is not self._plain_producer:
+            await owned.producer.stop()
+        await self._take_ownership(tp)
+
+
+class _CommandLoop(ConsumerLoop[Command]):
+    """The consumer skeleton over ``waitroom.commands``; a fetched batch of a partition is decided
+    as one chunk and, with transactions, appended and committed in one Kafka transaction (its dead
+    letters too), so the log holds all of a batch's effects or none."""
+
+    def __init__(self, sequencer: Sequencer, consumer: AIOKafkaConsumer) -> None:
+        super().__init__(
+            consumer,
+            Command,
+            self._hand_over,
+            max_records=sequencer._options.max_batch,
+            fetch_timeout_ms=200,
+            name="sequencer",
+        )
+        self._sequencer = sequencer
+        self._owned: OwnedPartition | None = None
+
+    async def process(self, tp: TopicPartition, records: Sequence[Record]) -> bool:
+        sequencer = self._sequencer
+        async with sequencer._lock:
+            owned = sequencer._owned.get(tp.partition)
+            if owned is None:
+                return True  # revoked while the batch was in flight
+            records = [r for r in records if r.offset >= owned.next_offset]
+            if not records:
+                return True
+            self._owned = owned
+            try:
+                if sequencer._options.transactional:
+                    async with owned.producer.transaction():
+                        return await super().process(tp, records)
+                return await super().process(tp, records)
+            except Exception:  # noqa: BLE001 - any failure: the log decides what happened
+                await sequencer._recover_after_failure(owned, tp)
+                return True
+            finally:
+                self._owned = None
+
+    async def _hand_over(self, tp: TopicPartition, commands: Sequence[tuple[Record, Command]]) -> list[Poison]:
+        assert self._owned is not None
+        return await self._sequencer._decide_and_append(self._owned, commands)
+
+    async def dead_letter(self, tp: TopicPartition, poison: Sequence[Poison]) -> None:
+        assert self._owned is not None
+        deliveries = [await send_to_dead_letter(self._owned.producer, record, error) for record, error in poison]
+        await asyncio.gather(*deliveries)
+
+    async def commit(self, tp: TopicPartition, offset: int) -> bool:
+        owned = self._owned
+        assert owned is not None
+        owned.next_offset = max(owned.next_offset, offset)
+        if self._sequencer._options.transactional:
+            await owned.producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(owned.next_offset, "")}, self._sequencer._options.group_id
             )
-        if room.exists:
-            owned.rooms.setdefault(command.room_id, room)
-        owned.next_offset = record.offset + 1
-        if events:
-            log.debug("command_applied", room_id=command.room_id, type=command.TYPE, events=len(events))
-        return deliveries
+        else:
+            await self.consumer.commit({tp: owned.next_offset})
+        return True
 
 
 class _Rebalance(ConsumerRebalanceListener):

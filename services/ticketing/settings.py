@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,7 @@ DEV_TICKET_SECRET = "dev-ticket-secret-not-for-production"  # noqa: S105 - refus
 
 class TicketingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAITROOM_TICKETING_", extra="ignore")
+    DEPRECATED_ENV: ClassVar[dict[str, str]] = {"WAITROOM_TICKETING_SEQUENCER_GROUP": "WAITROOM_TICKETING_GROUP_ID"}
 
     common: CommonSettings = Field(default_factory=CommonSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -24,6 +25,9 @@ class TicketingSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     keepalive_s: int = Field(default=75, ge=1, le=3600)
+    #: the health port: ``/healthz``, ``/readyz``, Prometheus ``/metrics``; port 0 picks a free one
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8011, ge=0, le=65535)
 
     admin_token: SecretStr | None = None
     ticket_secret: SecretStr | None = None
@@ -36,7 +40,8 @@ class TicketingSettings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
     join_rate_per_ip: float = Field(default=5.0, ge=0.0)
     join_burst: int = Field(default=20, ge=1)
-    sequencer_group: str | None = None
+    #: consumer group of the sequencers; defaults to ``<prefix>.sequencer``
+    group_id: str | None = None
     transactions: bool = True
 
     @model_validator(mode="after")
@@ -48,5 +53,5 @@ class TicketingSettings(BaseSettings):
         return self
 
     @property
-    def group_id(self) -> str:
-        return self.sequencer_group or f"{self.common.topic_prefix}.sequencer"
+    def group(self) -> str:
+        return self.group_id or f"{self.common.topic_prefix}.sequencer"

@@ -14,10 +14,11 @@ from typing import Any
 
 import structlog
 
-from waitroom_events.codec import DecodeError, decode
 from waitroom_events.stats import RoomStats
+from waitroom_platform.consume import Record
+from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
-from waitroom_platform.tail import Record, TopicTail
+from waitroom_platform.tail import TopicTail
 
 log = structlog.get_logger()
 
@@ -25,27 +26,26 @@ log = structlog.get_logger()
 RECENT_WINDOWS = 10
 
 
-class StatsView:
+class StatsView(Component):
+    name = "stats-view"
+
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
         self.latest: dict[str, RoomStats] = {}
         self._windows: dict[str, deque[RoomStats]] = {}
-        self._tail = TopicTail(kafka, topic, self.apply_records, from_beginning=False)
+        self._tail = TopicTail(kafka, topic, RoomStats, self._apply_decoded, from_beginning=False)
 
     async def start(self) -> None:
         await self._tail.start()
 
+    async def run(self) -> None:
+        await self._tail.run()
+
     async def stop(self) -> None:
         await self._tail.stop()
 
-    def apply_records(self, records: Sequence[Record]) -> None:
-        for record in records:
-            try:
-                message = decode(record.value, record.headers)
-            except DecodeError as exc:
-                log.warning("room_stats_undecodable", offset=record.offset, error=str(exc))
-                continue
-            if isinstance(message, RoomStats):
-                self.apply(message)
+    def _apply_decoded(self, records: Sequence[tuple[Record, RoomStats]]) -> None:
+        for _, stats in records:
+            self.apply(stats)
 
     def apply(self, stats: RoomStats) -> None:
         current = self.latest.get(stats.room_id)

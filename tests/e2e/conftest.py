@@ -27,6 +27,12 @@ def service_env(kafka_bootstrap: str, topics: TopicRegistry, **extra: str) -> di
         "WAITROOM_ROOM_PARTITIONS": str(topics.commands.partitions),
         "WAITROOM_LOG_FORMAT": "json",
         "WAITROOM_LOG_LEVEL": "INFO",
+        # Many services of one test share the machine: each health port is picked free (a test
+        # that probes one sets it).
+        "WAITROOM_TICKETING_HEALTH_PORT": "0",
+        "WAITROOM_REAPER_HEALTH_PORT": "0",
+        "WAITROOM_STATS_HEALTH_PORT": "0",
+        "WAITROOM_NOTIFIER_HEALTH_PORT": "0",
         **extra,
     }
 

@@ -36,7 +36,7 @@ PRECISION_S = 1.0
 class ReaperLauncher(Launcher):
     def __call__(self, topics: TopicRegistry) -> ServiceProcess:
         port = free_port()
-        env = service_env(self._bootstrap, topics, WAITROOM_REAPER_PORT=str(port))
+        env = service_env(self._bootstrap, topics, WAITROOM_REAPER_HEALTH_PORT=str(port))
         proc = ServiceProcess(
             "reaper", "waitroom_reaper", env, self._log_dir / "reaper.log", f"http://127.0.0.1:{port}/readyz"
         )

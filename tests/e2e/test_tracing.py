@@ -141,7 +141,7 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
     reaper = processes.start(
         "reaper",
         "waitroom_reaper",
-        service_env(kafka_bootstrap, topics, WAITROOM_REAPER_PORT=str(reaper_port), **otel),
+        service_env(kafka_bootstrap, topics, WAITROOM_REAPER_HEALTH_PORT=str(reaper_port), **otel),
         f"http://127.0.0.1:{reaper_port}/readyz",
     )
     stats = processes.start(

@@ -135,6 +135,7 @@ class NotifierLauncher:
             "WAITROOM_ROOM_PARTITIONS": str(topics.commands.partitions),
             "WAITROOM_LOG_FORMAT": "json",
             "WAITROOM_LOG_LEVEL": "INFO",
+            "WAITROOM_NOTIFIER_HEALTH_PORT": "0",
             "WAITROOM_NOTIFIER_SNS_TOPIC_NAME": f"alerts-{prefix_of(topics)}",
             "WAITROOM_NOTIFIER_ALARM_PREFIX": prefix_of(topics),
             "WAITROOM_NOTIFIER_BACKOFF_INITIAL_S": "0.2",

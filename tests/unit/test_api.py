@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from waitroom_core.room import RoomState, apply_all, decide
 from waitroom_events.base import Message
-from waitroom_events.codec import encode
+from waitroom_events.codec import decode, encode
 from waitroom_events.commands import Command
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import topic_registry
@@ -51,12 +51,12 @@ class FakeLog:
         command: Command = message  # type: ignore[assignment]
         events = decide(room, command, time.time())
         apply_all(room, events)
-        records = []
+        read_back = []
         for event in events:
-            encoded = encode(event)
-            records.append(SimpleNamespace(value=encoded.value, headers=encoded.headers, offset=self.offset))
+            encoded = encode(event)  # through the codec, as the log would carry it
+            read_back.append(decode(encoded.value, encoded.headers))
             self.offset += 1
-        self.read_model.apply_records(records)
+        self.read_model.apply(read_back)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -169,7 +169,7 @@ def test_settings_read_thresholds_and_dimensions_as_json_from_the_environment(mo
     assert settings.managed_alarms
     assert settings.dimensions == {"Environment": "staging"}
     assert [(r.metric, r.threshold) for r in settings.alarm_rules()] == [("EstimatedWait", 600.0), ("Waiting", 5000.0)]
-    assert settings.group_id("alerts") == "acme.notifier-alerts"
+    assert settings.group("alerts") == "acme.notifier-alerts"
 
 
 def test_a_ten_second_alarm_period_needs_high_resolution_metrics(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,212 @@
+"""One runtime for every service: components started in order, stopped in reverse, one exit code.
+
+A service is a list of :class:`Component` objects. The :class:`Supervisor` starts them one after
+the other (a component may rely on every one before it), runs each one's ``run()`` as a task, and
+ends the process on SIGTERM/SIGINT or on the first component whose ``run()`` fails or ends: that
+failure is logged once, with the component's name, and the exit code is 1. Stopping goes in reverse
+order: ``drain()`` asks a component to finish what it has in hand (an HTTP server completes its
+in-flight requests), its run task is cancelled if it has not ended within the grace period, then
+``stop()`` releases what ``start()`` opened.
+
+``alive`` is false once any component failed (the health server, started first and stopped last,
+answers 503 on ``/healthz`` while the others stop); ``ready`` is true while every component says it
+is ready. A signal that arrives while a component is still starting (say, waiting for AWS) cancels
+the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import structlog
+from pydantic_settings import BaseSettings
+
+log = structlog.get_logger()
+
+S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T")
+
+#: how long a component may take to finish its run after ``drain()`` before it is cancelled
+DEFAULT_GRACE_S = 10.0
+#: how often the supervisor looks whether the service has become ready (for its one log line)
+READY_POLL_S = 0.05
+#: how long ``stop()`` of one component may take before the next one is stopped anyway
+STOP_TIMEOUT_S = 10.0
+
+
+class Component:
+    """A part of a service with a lifecycle. Subclasses override what they need."""
+
+    name: str = "component"
+
+    async def start(self) -> None:
+        """Open what the component needs; return once ``run()`` may begin."""
+
+    async def run(self) -> None:
+        """The component's work, until cancelled. Returning or raising ends the process."""
+        await asyncio.Event().wait()
+
+    async def drain(self) -> None:
+        """Ask ``run()`` to finish on its own (the supervisor cancels it after the grace period)."""
+
+    async def stop(self) -> None:
+        """Release what ``start()`` opened; ``run()`` has ended."""
+
+    def ready(self) -> bool:
+        """Whether the component can do its job now (``/readyz``)."""
+        return True
+
+    def alive(self) -> bool:
+        """False when the component knows it is broken beyond repair (``/healthz``)."""
+        return True
+
+
+class ComponentEnded(Exception):
+    """A component's ``run()`` returned although it should run until stopped."""
+
+
+class Supervisor:
+    def __init__(self, service: str, components: Sequence[Component], *, grace_s: float = DEFAULT_GRACE_S) -> None:
+        names = [c.name for c in components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"component names must be unique: {names}")
+        self.service = service
+        self.components = list(components)
+        self.grace_s = grace_s
+        self._started: list[Component] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._failed: tuple[str, BaseException] | None = None
+
+    # ---------------------------------------------------------------- what the probes read
+
+    @property
+    def alive(self) -> bool:
+        return self._failed is None and all(c.alive() for c in self._started)
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.alive
+            and not self._stop.is_set()
+            and len(self._started) == len(self.components)
+            and all(c.ready() for c in self.components)
+        )
+
+    @property
+    def failure(self) -> tuple[str, BaseException] | None:
+        """The first component that failed and why."""
+        return self._failed
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ---------------------------------------------------------------- the lifecycle
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Start everything, wait for a signal or the first failure, stop everything; the exit code."""
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+        try:
+            if await self._start_all():
+                log.info(f"{self.service}_started", components=[c.name for c in self.components])
+                await self._wait_for_end()
+        finally:
+            await self._stop_all()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        if self._failed is not None:
+            return 1
+        log.info(f"{self.service}_stopped")
+        return 0
+
+    async def _start_all(self) -> bool:
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            for component in self.components:
+                starting = asyncio.ensure_future(component.start())
+                await asyncio.wait([starting, stopper], return_when=asyncio.FIRST_COMPLETED)
+                if not starting.done():
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+                    log.info("start_interrupted", service=self.service, component=component.name)
+                    self._started.append(component)  # may hold half of what it opens: stop it too
+                    return False
+                error = starting.exception()
+                self._started.append(component)
+                if error is not None:
+                    self._fail(component.name, error)
+                    return False
+                task = asyncio.create_task(component.run(), name=component.name)
+                task.add_done_callback(self._on_run_done)
+                self._tasks[component.name] = task
+            return True
+        finally:
+            stopper.cancel()
+
+    def _on_run_done(self, task: asyncio.Task[None]) -> None:
+        if self._stop.is_set() or task.cancelled():
+            return
+        error = task.exception()
+        self._fail(task.get_name(), error if error is not None else ComponentEnded(task.get_name()))
+
+    def _fail(self, name: str, error: BaseException) -> None:
+        if self._failed is None:
+            self._failed = (name, error)
+            log.error("component_failed", service=self.service, component=name, error=repr(error), exc_info=error)
+        self._stop.set()
+
+    async def _wait_for_end(self) -> None:
+        """Until stopped; logs ``<service>_ready`` once, when every component first says it is ready."""
+        while not self.ready:
+            try:
+                await asyncio.wait_for(self._stop.wait(), READY_POLL_S)
+                return
+            except TimeoutError:
+                continue
+        log.info(f"{self.service}_ready")
+        await self._stop.wait()
+
+    async def _stop_all(self) -> None:
+        self._stop.set()
+        for component in reversed(self._started):
+            task = self._tasks.get(component.name)
+            try:
+                if task is not None and not task.done():
+                    await asyncio.wait_for(component.drain(), self.grace_s)
+                    await asyncio.wait([task], timeout=self.grace_s)
+                    task.cancel()
+                if task is not None:
+                    await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait_for(component.stop(), STOP_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - stopping: the others must still be stopped
+                log.warning("component_stop_failed", service=self.service, component=component.name, error=repr(exc))
+
+
+class Task(Component):
+    """A component that is just a coroutine to run until stopped (a loop with nothing to open)."""
+
+    def __init__(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.name = name
+        self._work = work
+
+    async def run(self) -> None:
+        await self._work()
+
+
+def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop where installed (uvicorn[standard] brings it), else asyncio's loop."""
+    runner: Callable[[Coroutine[Any, Any, T]], T]
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    return runner(main)
