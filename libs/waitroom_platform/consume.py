@@ -98,13 +98,8 @@ class ConsumerLoop(Generic[M]):
         return self._accepts
 
     def decode(self, record: Record) -> M | BaseException:
-        try:
-            message = decode(record.value, record.headers)
-        except DecodeError as exc:
-            return exc
-        if not isinstance(message, self.accepted(record.topic)):
-            return DecodeError(f"{message.TYPE} does not belong on {record.topic}")
-        return message
+        decoded: M | BaseException = decode_as(record, self.accepted(record.topic))
+        return decoded
 
     async def process(self, tp: TopicPartition, records: Sequence[Record]) -> bool:
         """Decode, hand over, dead-letter and commit ``records`` chunk by chunk; False if a commit failed."""
@@ -159,6 +154,17 @@ class ConsumerLoop(Generic[M]):
             self.consumer.seek(tp, offset)
         except Exception:  # noqa: BLE001,S110 - no longer ours: its new owner reads from the committed offset
             pass
+
+
+def decode_as(record: Record, accepts: Accepts) -> Any:
+    """The record's message if it decodes into one of ``accepts``, else the error that makes it poison."""
+    try:
+        message = decode(record.value, record.headers)
+    except DecodeError as exc:
+        return exc
+    if not isinstance(message, accepts):
+        return DecodeError(f"{message.TYPE} does not belong on {record.topic}")
+    return message
 
 
 async def read_to_end(

@@ -20,21 +20,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeAlias
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from aiokafka.structs import ConsumerRecord
 
+from waitroom_events.base import Message
+from waitroom_platform.consume import ConsumerLoop, Record
 from waitroom_platform.kafka import make_consumer
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
 
-Record: TypeAlias = ConsumerRecord[Any, Any]
 #: Handles the due records of one partition, in offset order. Returns once they are handled.
 DueHandler = Callable[[int, Sequence[Record]], Awaitable[None]]
 
@@ -89,8 +89,6 @@ class DelayedConsumer:
         self._preparing: set[int] = set()
         self._lock = asyncio.Lock()
         self.ready = asyncio.Event()
-        #: records handed to the handler since start (for metrics and tests)
-        self.handled = 0
 
     @property
     def owned(self) -> list[int]:
@@ -118,13 +116,7 @@ class DelayedConsumer:
         consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("delayed_consumer_started", topic=self.topic, delay_s=self.delay_s, group=self._group_id)
         try:
-            while True:
-                await self._hand_over_due()
-                batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=self._max_records)
-                for tp, records in batches.items():
-                    buffer = self._buffers.get(tp.partition)
-                    if buffer is not None:
-                        buffer.extend(records)
+            await _DueLoop(self, consumer).run()
         finally:
             await consumer.stop()
 
@@ -134,31 +126,28 @@ class DelayedConsumer:
         due = due_at(record, self.delay_s)
         return due <= now or due > now + self.delay_s + self._max_future_s
 
-    async def _hand_over_due(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        async with self._lock:
-            for partition, buffer in self._buffers.items():
-                now = self._clock()
-                due: list[Record] = []
-                while buffer and partition not in self._preparing and self._is_due(buffer[0], now):
-                    due.append(buffer.popleft())
-                tp = TopicPartition(self.topic, partition)
-                if due:
-                    await self._handler(partition, due)
-                    self.handled += len(due)
-                    try:
-                        await consumer.commit({tp: due[-1].offset + 1})
-                    except (CommitFailedError, IllegalStateError) as exc:
-                        # A rebalance took the partition meanwhile: its next owner gets these records
-                        # again, which idempotent handlers allow.
-                        log.warning("delay_commit_failed", topic=self.topic, partition=partition, error=repr(exc))
-                # A head that is not due yet holds its partition: nothing behind it can be due first.
-                if buffer:
-                    if tp not in consumer.paused():
-                        consumer.pause(tp)
-                elif tp in consumer.paused():
-                    consumer.resume(tp)
+    def _take_due(self) -> dict[TopicPartition, list[Record]]:
+        """Pop the due heads of every partition that is not being prepared."""
+        now = self._clock()
+        due: dict[TopicPartition, list[Record]] = {}
+        for partition, buffer in self._buffers.items():
+            records: list[Record] = []
+            while buffer and partition not in self._preparing and self._is_due(buffer[0], now):
+                records.append(buffer.popleft())
+            if records:
+                due[TopicPartition(self.topic, partition)] = records
+        return due
+
+    def _hold_undue(self, consumer: AIOKafkaConsumer) -> None:
+        """A head that is not due yet holds its partition: nothing behind it can be due first."""
+        paused = consumer.paused()
+        for partition, buffer in self._buffers.items():
+            tp = TopicPartition(self.topic, partition)
+            if buffer:
+                if tp not in paused:
+                    consumer.pause(tp)
+            elif tp in paused:
+                consumer.resume(tp)
 
     def _wait_ms(self) -> int:
         """How long the next fetch may wait: until the earliest head is due, at most ``idle_poll_s``."""
@@ -196,6 +185,54 @@ class DelayedConsumer:
         if gone and self._listener is not None:
             await self._listener.on_revoked(gone)
         log.info("delay_partitions_revoked", topic=self.topic, partitions=gone)
+
+
+class _DueLoop(ConsumerLoop[Message]):
+    """The consumer skeleton on a delay topic: a fetch buffers what the broker sends and hands over
+    only the due heads; the handler gets them raw (it decodes and dead-letters itself)."""
+
+    def __init__(self, owner: DelayedConsumer, consumer: AIOKafkaConsumer) -> None:
+        super().__init__(consumer, (), _unused, max_records=owner._max_records, name=f"delayed:{owner.topic}")
+        self._owner = owner
+
+    async def fetch(self) -> Mapping[TopicPartition, list[Record]]:
+        owner = self._owner
+        async with owner._lock:
+            due = owner._take_due()
+        if due:
+            return due
+        batches = await self.consumer.getmany(timeout_ms=owner._wait_ms(), max_records=owner._max_records)
+        for tp, records in batches.items():
+            buffer = owner._buffers.get(tp.partition)
+            if buffer is not None:
+                buffer.extend(records)
+        return {}
+
+    async def process(self, tp: TopicPartition, records: Sequence[Record]) -> bool:
+        owner = self._owner
+        async with owner._lock:
+            if tp.partition not in owner._buffers:
+                return True  # revoked since it was taken: its next owner gets these records
+            await owner._handler(tp.partition, records)
+            await self.commit(tp, records[-1].offset + 1)
+        return True
+
+    async def commit(self, tp: TopicPartition, offset: int) -> bool:
+        try:
+            await self.consumer.commit({tp: offset})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partition meanwhile: its next owner gets these records again,
+            # which idempotent handlers allow (the buffer goes on; nothing is re-fetched here).
+            log.warning("delay_commit_failed", topic=tp.topic, partition=tp.partition, error=repr(exc))
+        return True
+
+    async def after_fetch(self, batches: Sequence[tuple[TopicPartition, list[Record]]]) -> None:
+        async with self._owner._lock:
+            self._owner._hold_undue(self.consumer)
+
+
+async def _unused(tp: TopicPartition, records: Sequence[tuple[Record, Message]]) -> None:
+    raise AssertionError("the delay loop hands records over raw")
 
 
 class _Rebalance(ConsumerRebalanceListener):
