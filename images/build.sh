@@ -138,7 +138,7 @@ make_rootfs() {
   work=$(mktemp -d "$IMAGES_CACHE/.rootfs-$name.XXXXXX")
   root=$work/root
   trap 'umount "$root/proc" 2>/dev/null || true; rm -rf --one-file-system "$work"' EXIT
-  say "debootstrap $name base: minbase $SUITE + $packages from $mirror (first time, ~3 min)..." >&2
+  say "debootstrap $name base: minbase $SUITE + $packages from $mirror (first time, ~1 min)..." >&2
   if ! debootstrap --variant=minbase --include="${packages// /,}" --cache-dir="$IMAGES_CACHE/debs" \
     "$SUITE" "$root" "$mirror" >"$work/debootstrap.log" 2>&1; then
     tail -n 30 "$work/debootstrap.log" >&2
@@ -176,6 +176,7 @@ EOF
   : >"$root/etc/machine-id"
   rm -f "$root/etc/resolv.conf" "$root/etc/hostname"
   tar --numeric-owner -C "$root" -cf "$work/rootfs.tar" .
+  rm -f "$IMAGES_CACHE/rootfs-$name-"*.tar # an older package list's
   mv "$work/rootfs.tar" "$tarball"
   say "$name base rootfs: $(du -m "$tarball" | cut -f1) MB in $(since "$t0")" >&2
   echo "$tarball"
@@ -225,6 +226,10 @@ build_app() {
     import_base "$base" "$tarball"
   fi
   build "$APP_IMAGE" "$base" "$pull" . Containerfile
+  # The builder stage gets a tag of its own (all cache hits, a second): the clean-up below keeps
+  # what is tagged, so the next build after a code change reuses the installed dependencies.
+  "${PODMAN[@]}" build --quiet --pull="$pull" --network host "${LIMITS[@]}" "${CA_SECRET[@]}" --target build \
+    --build-arg BASE="$base" --tag "${APP_IMAGE%:*}-build:${APP_IMAGE##*:}" --file Containerfile . >/dev/null
 }
 
 # The Kafka jars are the embedded broker's: fetched once from Maven Central into the cache (by the
@@ -273,4 +278,6 @@ case $what in
   kafka) build_kafka ;;
   all) build_app && build_kafka ;;
 esac
+# Layers of earlier builds that nothing uses any more (only those on the bases made here).
+"${PODMAN[@]}" image prune --force --filter label=org.waitroom.rootfs >/dev/null
 say "done in $(since "$started")"
