@@ -94,6 +94,13 @@ class DelayedConsumer:
     def owned(self) -> list[int]:
         return sorted(self._buffers)
 
+    @property
+    def held(self) -> list[int]:
+        """Partitions paused because their head record is not due yet."""
+        if self._consumer is None:
+            return []
+        return sorted(tp.partition for tp in self._consumer.paused())
+
     async def committed(self, partition: int) -> int:
         """The group's committed offset of ``partition`` (0 when none)."""
         assert self._consumer is not None

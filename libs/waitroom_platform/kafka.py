@@ -11,6 +11,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -220,13 +221,19 @@ def dead_letter_headers(record: ConsumerRecord[Any, Any], error: BaseException |
     ]
 
 
-async def send_to_dead_letter(
-    producer: AIOKafkaProducer, record: ConsumerRecord[Any, Any], error: BaseException | str
-) -> Any:
-    """Park a record that cannot be handled on ``<topic>.dlq``, unchanged, with the error in headers.
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that cannot be handled, as it goes to ``<topic>.dlq``: unchanged, the error in headers."""
 
-    Returns the delivery future; the caller awaits it before committing past the record.
-    """
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter(record: ConsumerRecord[Any, Any], error: BaseException | str) -> DeadLetter:
+    """The dead letter of ``record`` (logged once here, whichever producer sends it)."""
     log.warning(
         "record_dead_lettered",
         topic=record.topic,
@@ -234,10 +241,17 @@ async def send_to_dead_letter(
         offset=record.offset,
         error=str(error)[:300],
     )
+    return DeadLetter(
+        dlq_name(record.topic), record.key, record.value, record.partition, dead_letter_headers(record, error)
+    )
+
+
+async def send_to_dead_letter(
+    producer: AIOKafkaProducer, record: ConsumerRecord[Any, Any], error: BaseException | str
+) -> Any:
+    """Park a record that cannot be handled on ``<topic>.dlq``; returns the delivery future, which
+    the caller awaits before committing past the record."""
+    letter = dead_letter(record, error)
     return await producer.send(
-        dlq_name(record.topic),
-        record.value,
-        key=record.key,
-        partition=record.partition,
-        headers=dead_letter_headers(record, error),
+        letter.topic, letter.value, key=letter.key, partition=letter.partition, headers=letter.headers
     )

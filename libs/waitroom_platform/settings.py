@@ -42,12 +42,23 @@ class KafkaSettings(BaseSettings):
         if self.sasl_mechanism:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        if self.security_protocol.endswith("SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+            kwargs["sasl_plain_password"] = self.sasl_secret
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
         return kwargs
+
+    @property
+    def sasl_secret(self) -> str | None:
+        return self.sasl_password.get_secret_value() if self.sasl_password else None
+
+    def ssl_context(self) -> object | None:
+        """The TLS context for ``SSL`` and ``SASL_SSL`` (the CA bundle from ``KAFKA_SSL_CAFILE``), else None."""
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(cafile=self.ssl_cafile)
 
 
 class CommonSettings(BaseSettings):

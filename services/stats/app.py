@@ -41,13 +41,15 @@ from waitroom_core.windows import (
     second_of,
     snapshot,
 )
-from waitroom_events.codec import DecodeError, decode, encode
-from waitroom_events.events import RoomConfigured, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
+from waitroom_events.base import Message
+from waitroom_events.codec import encode
+from waitroom_events.events import RoomEvent, StateEvent, TicketAdmitted, TicketExpired, TicketIssued, TicketLeft
 from waitroom_events.stats import RoomStats
-from waitroom_events.topics import TopicSpec, dlq_name
+from waitroom_events.topics import TopicSpec
+from waitroom_platform.consume import decode_as
 from waitroom_platform.kafka import (
     consume_span,
-    dead_letter_headers,
+    dead_letter,
     message_attributes,
     outgoing_headers,
     produce_span,
@@ -69,7 +71,6 @@ tracer = trace.get_tracer("waitroom.stats")
 #: a snapshot links to at most this many of the events it summarises (the latest ones)
 MAX_SNAPSHOT_LINKS = 32
 
-ROOM_EVENTS = (RoomConfigured, TicketIssued, TicketAdmitted, TicketLeft, TicketExpired)
 OFFSET = "o"
 
 
@@ -150,8 +151,6 @@ class Stats:
         )
         self.tickets = app.Table("tickets", default=float, partitions=partitions)
         self.alert_states = app.Table("alerts", default=dict, partitions=partitions)
-        self.events_applied = 0
-        self.events_skipped = 0
         #: per room, the spans of the events folded since its last snapshot (what the snapshot links to)
         self.unsnapshotted: dict[str, deque[SpanContext]] = {}
 
@@ -195,12 +194,11 @@ class Stats:
     # ---------------------------------------------------------------- room events
 
     async def on_room_event(self, event: EventT) -> None:
-        try:
-            message = decode(event.message.value, headers_of(event))
-        except DecodeError as exc:
-            await self._dead_letter(event, exc)
+        message = decode_as(as_record(event), RoomEvent)
+        if isinstance(message, BaseException):
+            await self._dead_letter(event, message)
             return
-        if isinstance(message, ROOM_EVENTS):
+        if isinstance(message, StateEvent):
             with consume_span(as_record(event), self.settings.group, message) as span:
                 self.apply(message, event.message.offset, event.message.partition)
             recent = self.unsnapshotted.setdefault(message.room_id, deque(maxlen=MAX_SNAPSHOT_LINKS))
@@ -213,9 +211,7 @@ class Stats:
         if offset > stored.get(OFFSET, -1):
             gauges = evolve_gauges(gauges_from_table(stored), message)
             self.gauges[room_id] = {**gauges_to_table(gauges), OFFSET: offset, "partition": partition}
-            self.events_applied += 1
-        else:
-            self.events_skipped += 1
+
         ticket_key = f"{room_id}/{getattr(message, 'queue_no', 0)}"
         if isinstance(message, TicketIssued):
             self.tickets[ticket_key] = message.at
@@ -266,10 +262,9 @@ class Stats:
     # ---------------------------------------------------------------- thresholds
 
     async def on_snapshot(self, event: EventT) -> None:
-        try:
-            message = decode(event.message.value, headers_of(event))
-        except DecodeError as exc:
-            await self._dead_letter(event, exc)
+        message = decode_as(as_record(event), Message)
+        if isinstance(message, BaseException):
+            await self._dead_letter(event, message)
             return
         if not isinstance(message, RoomStats):
             return
@@ -306,38 +301,24 @@ class Stats:
         await delivery
 
     async def _dead_letter(self, event: EventT, error: BaseException) -> None:
-        record = as_record(event)
-        log.warning(
-            "record_dead_lettered",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error=str(error)[:300],
-        )
-        dlq = self._raw_topic(dlq_name(record.topic))
+        """The platform's dead letter of the record, sent with faust's producer."""
+        letter = dead_letter(as_record(event), error)
+        dlq = self._raw_topic(letter.topic)
         delivery = await dlq.send(
-            key=record.key, value=record.value, headers=dead_letter_headers(record, error), partition=record.partition
+            key=letter.key, value=letter.value, headers=letter.headers, partition=letter.partition
         )
         await delivery
 
 
 def _credentials(settings: StatsSettings) -> Any:
+    """The platform's Kafka security settings in faust's shape (the same fields every service reads)."""
     kafka = settings.kafka
     if kafka.sasl_mechanism:
         return faust.SASLCredentials(
             username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            password=kafka.sasl_secret,
             mechanism=kafka.sasl_mechanism,
-            ssl_context=_ssl_context(settings),
+            ssl_context=kafka.ssl_context(),
         )
-    if kafka.security_protocol.endswith("SSL"):
-        return faust.SSLCredentials(_ssl_context(settings))
-    return None
-
-
-def _ssl_context(settings: StatsSettings) -> Any:
-    if not settings.kafka.security_protocol.endswith("SSL"):
-        return None
-    from aiokafka.helpers import create_ssl_context
-
-    return create_ssl_context(cafile=settings.kafka.ssl_cafile)
+    context = kafka.ssl_context()
+    return None if context is None else faust.SSLCredentials(context)

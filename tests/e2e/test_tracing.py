@@ -14,7 +14,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import httpx
 import pytest
 from e2e.conftest import TicketingLauncher, service_env
 from support.http import admin_headers, create_room
+from support.waiting import eventually
 
 from waitroom_devtools.otlp_receiver import OtlpReceiver
 from waitroom_devtools.procs import ServiceProcess, free_port
@@ -94,17 +95,6 @@ def moto_env(url: str) -> dict[str, str]:
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
-
-
-async def eventually(probe: Callable[[], Any], timeout: float, what: str, seen: Callable[[], Any] = list) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; seen: {seen()}")
-        await asyncio.sleep(0.2)
 
 
 def outline(spans: list[dict[str, Any]]) -> list[str]:
@@ -215,7 +205,7 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
         join_story,
         60,
         "stats folding the TicketExpired in the join's trace",
-        lambda: outline(trace_of(spans_of(), join_trace)),
+        seen=lambda: outline(trace_of(spans_of(), join_trace)),
     )
 
     # ---- the alert: a stats snapshot linked to the join's trace; in its trace the alert and the SNS call.
@@ -234,7 +224,7 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
         alert_story,
         60,
         "the alert's SNS publish linked to the join",
-        lambda: outline([s for s in spans_of() if s["service"] in ("waitroom-stats", "waitroom-notifier")]),
+        seen=lambda: outline([s for s in spans_of() if s["service"] in ("waitroom-stats", "waitroom-notifier")]),
     )
     assert snapshot["attributes"][ROOM_ATTR] == room
     breached = typed(alert_spans, "waitroom.alert.breached.v1")

@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from support.waiting import eventually
 
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.delayed import DelayedConsumer, Record, due_at
@@ -64,10 +65,7 @@ async def running(
 
 
 async def until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+    await eventually(condition, timeout, interval=0.01)
 
 
 async def test_each_record_is_handed_over_once_its_timestamp_plus_the_delay_has_passed_and_not_before(
@@ -114,7 +112,8 @@ async def test_waiting_for_a_record_that_is_not_due_costs_next_to_no_cpu(
 
     async with running(kafka_bootstrap, topic, handler, f"g-{uuid4().hex}") as (consumer, _):
         await consumer.ready.wait()
-        await asyncio.sleep(0.5)  # measured window starts once the record is fetched and its partition paused
+        # the measured window starts once the record is fetched and its partition paused
+        await eventually(lambda: consumer.held == [0], 10, "partition 0 held by its undue head", interval=0.01)
         cpu_before, wall_before = time.process_time(), time.monotonic()
         await until(lambda: handler.values() == [b"later"], timeout=15)
         cpu, wall = time.process_time() - cpu_before, time.monotonic() - wall_before

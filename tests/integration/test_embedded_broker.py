@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from support.waiting import eventually_sync
 
 from waitroom_devtools.broker import BrokerError, EmbeddedKafka
 from waitroom_events.topics import TopicRegistry, topic_registry
@@ -205,11 +206,7 @@ def _broker_jvm_running(pid: int, data_dir: Path) -> bool:
 
 
 def _wait_until(condition: Callable[[], bool], timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{message} (waited {timeout_s:.0f} s)")
-        time.sleep(0.05)
+    eventually_sync(condition, timeout_s, message)
 
 
 def _read_line(child: subprocess.Popen[bytes], fd: int, timeout_s: float, stderr: Path) -> str:
