@@ -2,8 +2,9 @@
 
 A service is a list of :class:`Component` objects. The :class:`Supervisor` starts them one after
 the other (a component may rely on every one before it), runs each one's ``run()`` as a task, and
-ends the process on SIGTERM/SIGINT or on the first component whose ``run()`` fails or ends: that
-failure is logged once, with the component's name, and the exit code is 1. Stopping goes in reverse
+ends the process on SIGTERM/SIGINT or on the first component whose ``start()`` or ``run()`` fails,
+or whose ``run()`` ends: that failure is logged once, with the component's name, and the exit code
+is 1 (2 when a component says it is :class:`Misconfigured`). Stopping goes in reverse
 order: ``drain()`` asks a component to finish what it has in hand (an HTTP server completes its
 in-flight requests), its run task is cancelled if it has not ended within the grace period, then
 ``stop()`` releases what ``start()`` opened.
@@ -50,7 +51,8 @@ class Component:
         await asyncio.Event().wait()
 
     async def drain(self) -> None:
-        """Ask ``run()`` to finish on its own (the supervisor cancels it after the grace period)."""
+        """Ask ``run()`` to finish on its own; the supervisor then waits up to the grace period
+        before it cancels it. Components that do not override this are cancelled at once."""
 
     async def stop(self) -> None:
         """Release what ``start()`` opened; ``run()`` has ended."""
@@ -62,6 +64,12 @@ class Component:
     def alive(self) -> bool:
         """False when the component knows it is broken beyond repair (``/healthz``)."""
         return True
+
+
+class Misconfigured(Exception):
+    """A component cannot work with the settings it was given: the process exits with code 2."""
+
+    exit_code = 2
 
 
 class ComponentEnded(Exception):
@@ -122,7 +130,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
         if self._failed is not None:
-            return 1
+            return 2 if isinstance(self._failed[1], Misconfigured) else 1
         log.info(f"{self.service}_stopped")
         return 0
 
@@ -179,14 +187,21 @@ class Supervisor:
             task = self._tasks.get(component.name)
             try:
                 if task is not None and not task.done():
-                    await asyncio.wait_for(component.drain(), self.grace_s)
-                    await asyncio.wait([task], timeout=self.grace_s)
+                    if _drains(component):
+                        await asyncio.wait_for(component.drain(), self.grace_s)
+                        await asyncio.wait([task], timeout=self.grace_s)
                     task.cancel()
-                if task is not None:
-                    await asyncio.gather(task, return_exceptions=True)
+                    await asyncio.wait([task], timeout=STOP_TIMEOUT_S)
+                    if not task.done():
+                        log.warning("component_did_not_stop", service=self.service, component=component.name)
                 await asyncio.wait_for(component.stop(), STOP_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - stopping: the others must still be stopped
                 log.warning("component_stop_failed", service=self.service, component=component.name, error=repr(exc))
+
+
+def _drains(component: Component) -> bool:
+    """Whether the component finishes its run by itself once asked (else it is cancelled at once)."""
+    return type(component).drain is not Component.drain
 
 
 class Task(Component):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -30,6 +31,9 @@ from waitroom_platform.settings import CommonSettings
 from waitroom_platform.telemetry import setup_telemetry
 
 log = structlog.get_logger()
+
+#: after the supervisor has stopped everything, how long the process may take to exit
+EXIT_WATCHDOG_S = 5.0
 
 
 class ServiceSettings(Protocol):
@@ -83,4 +87,19 @@ async def _supervise(service: str, settings: ServiceSettings, build: Callable[[]
         settings.health_host, settings.health_port, alive=lambda: supervisor.alive, ready=lambda: supervisor.ready
     )
     supervisor = Supervisor(service, [health, *components])
-    return await supervisor.run()
+    code = await supervisor.run()
+    _exit_anyway_after(EXIT_WATCHDOG_S, code)
+    return code
+
+
+def _exit_anyway_after(seconds: float, code: int) -> None:
+    """Every component has stopped; if the loop's own shutdown (cancelling stray library tasks)
+    hangs, exit anyway, so a stopped service never outlives its orchestrator's grace period."""
+
+    def _exit() -> None:
+        log.error("exit_forced", after_s=seconds, code=code)
+        os._exit(code)
+
+    timer = threading.Timer(seconds, _exit)
+    timer.daemon = True
+    timer.start()

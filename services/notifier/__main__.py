@@ -14,12 +14,12 @@ from typing import Any
 import structlog
 
 from waitroom_notifier.alerts import AlertNotification
-from waitroom_notifier.aws import Backoff, call_until_accepted, make_client
+from waitroom_notifier.aws import Backoff, Rejected, call_until_accepted, make_client
 from waitroom_notifier.forwarder import AlertHandler, Forwarder, MetricsHandler
-from waitroom_notifier.provisioning import Provisioned, provision
+from waitroom_notifier.provisioning import Provisioned, TopicNotFound, provision
 from waitroom_notifier.settings import NotifierSettings
 from waitroom_notifier.sinks import CloudWatchMetrics, SnsAlerts
-from waitroom_platform.runtime import Component
+from waitroom_platform.runtime import Component, Misconfigured
 from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_botocore
 
@@ -40,9 +40,12 @@ class Provisioning(Component):
     async def start(self) -> None:
         settings = self._settings
         backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
-        provisioned: Provisioned = await call_until_accepted(
-            partial(provision, settings, self._sns, self._cloudwatch), what="provision", backoff=backoff
-        )
+        try:
+            provisioned: Provisioned = await call_until_accepted(
+                partial(provision, settings, self._sns, self._cloudwatch), what="provision", backoff=backoff
+            )
+        except (TopicNotFound, Rejected) as exc:
+            raise Misconfigured(str(exc)) from exc
         self.provisioned = provisioned
         log.info(
             "notifier_provisioned",

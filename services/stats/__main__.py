@@ -25,14 +25,8 @@ log = structlog.get_logger()
 class _EmbeddedWorker(Worker):
     """faust's worker without its signal handlers: the supervisor owns SIGTERM and SIGINT."""
 
-    started_up: asyncio.Event
-
     def install_signal_handlers(self) -> None:
         pass
-
-    async def on_startup_finished(self) -> None:
-        await super().on_startup_finished()
-        self.started_up.set()
 
 
 class StatsWorker(Component):
@@ -44,7 +38,6 @@ class StatsWorker(Component):
         self._settings = settings
         self._stats: Stats | None = None
         self._worker: _EmbeddedWorker | None = None
-        self._started_up = asyncio.Event()
 
     @property
     def stats(self) -> Stats:
@@ -69,8 +62,9 @@ class StatsWorker(Component):
             quiet=True,
             redirect_stdouts=False,
             override_logging=False,
+            # A daemon worker's start() only returns once it stops; the supervisor's run() waits instead.
+            daemon=False,
         )
-        worker.started_up = self._started_up
         self._worker = worker
         await worker.start()
 
@@ -86,7 +80,12 @@ class StatsWorker(Component):
             await self._worker.stop()
 
     def ready(self) -> bool:
-        return self._started_up.is_set()
+        """Started, and the tables recovered from their changelogs (snapshots are whole then)."""
+        if self._worker is None or self._stats is None:
+            return False
+        app = self._stats.app
+        recovered: bool = app.tables.recovery.completed.is_set()
+        return recovered and not app.rebalancing
 
 
 def build(settings: StatsSettings) -> list[Component]:

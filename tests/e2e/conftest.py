@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,40 @@ def launch_ticketing(kafka_bootstrap: str, tmp_path: Path, keys_dir: Path) -> It
     launcher = TicketingLauncher(kafka_bootstrap, tmp_path, keys_dir)
     yield launcher
     launcher.stop_all()
+
+
+class Processes:
+    """Every process this test starts, stopped (SIGTERM, so exporters flush) at the end."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[ServiceProcess] = []
+
+    def start(
+        self, name: str, module: str, env: dict[str, str], ready_url: str | None = None, args: tuple[str, ...] = ()
+    ) -> ServiceProcess:
+        proc = ServiceProcess(name, module, env, self.log_dir / f"{name}.log", ready_url=ready_url, args=args)
+        self.started.append(proc.start())
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+def moto_env(url: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # moto accepts any
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e.conftest import TicketingLauncher, service_env
+from e2e.conftest import Processes, TicketingLauncher, moto_env, service_env
 from support.http import admin_headers, create_room
 from support.waiting import eventually
 
 from waitroom_devtools.otlp_receiver import OtlpReceiver
-from waitroom_devtools.procs import ServiceProcess, free_port
+from waitroom_devtools.procs import free_port
 from waitroom_events.topics import TopicRegistry
 
 pytestmark = pytest.mark.e2e
@@ -57,43 +56,6 @@ def otel_env(receiver: OtlpReceiver) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-    }
-
-
-class Processes:
-    """Every process this test starts, stopped (SIGTERM, so exporters flush) at the end."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[ServiceProcess] = []
-
-    def start(
-        self, name: str, module: str, env: dict[str, str], ready_url: str | None = None, args: tuple[str, ...] = ()
-    ) -> ServiceProcess:
-        proc = ServiceProcess(name, module, env, self.log_dir / f"{name}.log", ready_url=ready_url, args=args)
-        self.started.append(proc.start())
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    yield procs
-    procs.stop_all()
-
-
-def moto_env(url: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # moto accepts any
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
 
 
