@@ -77,6 +77,23 @@ def test_every_container_runs_non_root_read_only_without_privilege_escalation() 
             assert context["capabilities"]["drop"] == ["ALL"]
 
 
+def test_every_workload_probes_liveness_and_readiness_on_its_health_port() -> None:
+    deployments = [doc for doc in _render({"healthPort": "9100"}) if doc["kind"] == "Deployment"]
+    assert len(deployments) == 4
+    for doc in deployments:
+        component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        [container] = doc["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["health"] == 9100, component
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        prefix = f"WAITROOM_{component.upper()}_"
+        assert env[prefix + "HEALTH_PORT"] == "9100" and env[prefix + "HEALTH_HOST"] == "0.0.0.0", component
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}, component
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}, component
+        assert container["startupProbe"]["httpGet"]["port"] == "health", component
+        assert doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9100"
+
+
 def test_secrets_reach_the_api_only_through_secret_references() -> None:
     docs = _render()
     api = next(d for d in docs if d["metadata"]["name"] == "wr-waitroom-ticketing" and d["kind"] == "Deployment")

@@ -91,7 +91,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* A component's Deployment: (dict "root" $ "component" "reaper" "values" .Values.reaper "module" "waitroom_reaper" "env" (list ...) "ports" ... ) */}}
+{{/* A component's Deployment: (dict "root" $ "component" "reaper" "values" .Values.reaper "module" "waitroom_reaper" "env" (list ...) "ports" ... ).
+Every workload gets the health port (WAITROOM_<COMPONENT>_HEALTH_*) with startup, readiness and liveness probes on it. */}}
 {{- define "waitroom.deployment" -}}
 {{- $root := .root -}}
 {{- $v := .values -}}
@@ -112,6 +113,9 @@ spec:
         {{- include "waitroom.componentLabels" . | nindent 8 }}
       annotations:
         checksum/secrets: {{ include (print $root.Template.BasePath "/shared/secrets.yaml") $root | sha256sum }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $root.Values.healthPort | quote }}
+        prometheus.io/path: /metrics
     spec:
       serviceAccountName: {{ include "waitroom.serviceAccountName" $root }}
       automountServiceAccountToken: false
@@ -131,6 +135,11 @@ spec:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           env:
             {{- include "waitroom.commonEnv" $root | nindent 12 }}
+            {{- $prefix := printf "WAITROOM_%s_" (upper .component) }}
+            - name: {{ $prefix }}HEALTH_HOST
+              value: "0.0.0.0"
+            - name: {{ $prefix }}HEALTH_PORT
+              value: {{ $root.Values.healthPort | quote }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -138,13 +147,26 @@ spec:
             - name: {{ $name }}
               value: {{ $value | quote }}
             {{- end }}
-          {{- with .ports }}
           ports:
+            - name: health
+              containerPort: {{ $root.Values.healthPort }}
+              protocol: TCP
+            {{- with .ports }}
             {{- toYaml . | nindent 12 }}
-          {{- end }}
-          {{- with .probes }}
-          {{- toYaml . | nindent 10 }}
-          {{- end }}
+            {{- end }}
+          {{- /* Every service's runtime answers these on its health port (docs/architecture.md). */}}
+          startupProbe:
+            httpGet: {path: /readyz, port: health}
+            periodSeconds: 2
+            failureThreshold: 150
+          readinessProbe:
+            httpGet: {path: /readyz, port: health}
+            periodSeconds: 5
+            failureThreshold: 3
+          livenessProbe:
+            httpGet: {path: /healthz, port: health}
+            periodSeconds: 10
+            failureThreshold: 6
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           volumeMounts:
