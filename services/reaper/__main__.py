@@ -1,22 +1,34 @@
 """Composition root of the reaper: ``python -m waitroom_reaper``.
 
-Settings, then the components: the topics, and the reaper (its health port comes with the runtime).
+Settings, then the components, started in this order and stopped in reverse: the topics, the
+producer everything writes through, the heartbeat feed, the final approach (looks) and the reaper
+(the delay topic's group: recovery and the durable checks). The parts share the owned partitions'
+state and the counters; the health port comes with the runtime.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from waitroom_platform.admin import EnsureTopics
+from waitroom_platform.kafka import ProducerComponent, Publisher, make_consumer, make_producer, send_to_dead_letter
 from waitroom_platform.metrics import expose_numbers
 from waitroom_platform.runtime import Component
 from waitroom_platform.service import run_service
-from waitroom_reaper.reaper import Reaper, ReaperOptions
+from waitroom_reaper.feed import HeartbeatFeed
+from waitroom_reaper.looks import FinalApproach, Looks
+from waitroom_reaper.options import Metrics, ReaperOptions
+from waitroom_reaper.output import Output
+from waitroom_reaper.reaper import Reaper
+from waitroom_reaper.recovery import Recovery, kafka_log_reader
+from waitroom_reaper.schedule import Schedule
 from waitroom_reaper.settings import ReaperSettings
+from waitroom_reaper.state import Owned
 
 
-def build_reaper(settings: ReaperSettings) -> Reaper:
-    options = ReaperOptions(
+def reaper_options(settings: ReaperSettings) -> ReaperOptions:
+    return ReaperOptions(
         group_id=settings.group,
         heartbeat_group_id=settings.heartbeat_group,
         heartbeat_grace_s=settings.heartbeat_grace_s,
@@ -25,11 +37,24 @@ def build_reaper(settings: ReaperSettings) -> Reaper:
         recovery_margin_s=settings.recovery_margin_s,
         session_timeout_ms=settings.session_timeout_ms,
     )
-    return Reaper(settings.kafka, settings.common.topics(), options)
 
 
 def build(settings: ReaperSettings) -> list[Component]:
-    reaper = build_reaper(settings)
+    kafka, topics, options = settings.kafka, settings.common.topics(), reaper_options(settings)
+    metrics = Metrics()
+    owned: Owned = {}
+    producer = ProducerComponent(make_producer(kafka, linger_ms=5), name="reaper-producer")
+    output = Output(
+        Publisher(producer.producer), functools.partial(send_to_dead_letter, producer.producer), topics, metrics
+    )
+    looks = Looks(owned, options.heartbeat_grace_s)
+    schedule = Schedule(owned, looks, output, metrics, options, topics.reaper_delay)
+    feed_consumer = make_consumer(
+        kafka, group_id=options.heartbeat_group_id, fetch_max_wait_ms=20, max_partition_fetch_bytes=4 * 1024 * 1024
+    )
+    feed = HeartbeatFeed(feed_consumer, topics, owned, looks, schedule, output, metrics)
+    recovery = Recovery(lambda: kafka_log_reader(kafka), topics, owned, feed, looks, schedule, output, metrics, options)
+    reaper = Reaper(kafka, options, owned, schedule, recovery, metrics)
     expose_numbers(
         "waitroom_reaper",
         lambda: {
@@ -39,7 +64,13 @@ def build(settings: ReaperSettings) -> list[Component]:
         },
         "the reaper's counters since start",
     )
-    return [EnsureTopics(settings.kafka, settings.common.topics().all), reaper]
+    return [
+        EnsureTopics(kafka, topics.all),
+        producer,
+        feed,
+        FinalApproach(looks, output, metrics, options.heartbeat_grace_s),
+        reaper,
+    ]
 
 
 def main() -> None:

@@ -8,14 +8,20 @@ heartbeat that names it finds nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from opentelemetry.context import Context
 
 from waitroom_core.expiry import TicketClock
 from waitroom_core.room import DEFAULT_HEARTBEAT_TIMEOUT_S
 from waitroom_events.base import Message
+from waitroom_events.codec import Headers
 from waitroom_events.events import RoomConfigured, TicketExpired, TicketIssued, TicketLeft
 from waitroom_events.heartbeats import Heartbeat
+from waitroom_platform.kafka import extract_context
+
+#: the broker answers a fetch a little before the consumer sees it: what it said is this old
+FETCH_SLACK_S = 0.02
 
 
 @dataclass(slots=True)
@@ -92,3 +98,16 @@ class PartitionState:
                 configured.timeout_s = message.heartbeat_timeout_s
                 return configured if shorter and configured.tickets else None
         return None
+
+    def apply_record(self, message: Message, headers: Headers | None) -> RoomEntry | None:
+        """``apply`` a message read from the log; an issued ticket keeps its record's trace context."""
+        shortened = self.apply(message)
+        if isinstance(message, TicketIssued):
+            _, issued = self.ticket(message.room_id, message.ticket_id)
+            if issued is not None and issued.trace is None:
+                issued.trace = extract_context(headers)
+        return shortened
+
+
+#: the partitions a reaper owns, by number: shared by its parts, changed only on (re)assignment
+Owned: TypeAlias = dict[int, PartitionState]

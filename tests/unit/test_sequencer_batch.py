@@ -1,0 +1,282 @@
+"""The sequencer's batch handling (``_CommandLoop.process``) on hand-written fakes, no broker.
+
+A fetched batch of one partition is decided in log order; its events carry the offset of the
+command that caused them; poison and refused commands go to the dead-letter topic while the rest of
+the batch is applied; the offset after the batch is committed (into the Kafka transaction when
+there is one). Records the partition has applied already are skipped, a revoked partition's batch
+is ignored, and a failing send rebuilds the partition from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from waitroom_events.base import Message
+from waitroom_events.codec import decode, encode, header
+from waitroom_events.commands import AdmitRequested, JoinRequested, RoomConfigureRequested
+from waitroom_events.events import RoomConfigured, TicketAdmitted, TicketIssued
+from waitroom_events.topics import dlq_name, topic_registry
+from waitroom_platform.kafka import HEADER_SOURCE_OFFSET
+from waitroom_platform.settings import KafkaSettings
+from waitroom_ticketing.sequencer import OwnedPartition, Sequencer, SequencerOptions, _CommandLoop
+
+TOPICS = topic_registry("unit", room_partitions=1)
+COMMANDS = TopicPartition(TOPICS.commands.name, 0)
+GROUP = "unit.sequencer"
+NOW = 1_000.0
+
+Record = ConsumerRecord[Any, Any]
+
+
+def command_record(offset: int, value: bytes, headers: list[tuple[str, bytes]]) -> Record:
+    return ConsumerRecord(COMMANDS.topic, 0, offset, 0, 0, b"r", value, None, 1, len(value), headers)
+
+
+def commands(*messages: Message | bytes, first_offset: int = 0) -> list[Record]:
+    """Command records from ``first_offset`` on; bytes are a poison value under a join's type."""
+    join_type = encode(JoinRequested(room_id="r", ticket_id="x", requested_at=0.0)).headers
+    records = []
+    for offset, message in enumerate(messages, start=first_offset):
+        if isinstance(message, bytes):
+            records.append(command_record(offset, message, join_type))
+        else:
+            encoded = encode(message)
+            records.append(command_record(offset, encoded.value, encoded.headers))
+    return records
+
+
+def configure(capacity: int = 2) -> RoomConfigureRequested:
+    return RoomConfigureRequested(room_id="r", requested_at=NOW, capacity=capacity)
+
+
+def join(ticket_id: str) -> JoinRequested:
+    return JoinRequested(room_id="r", ticket_id=ticket_id, requested_at=NOW)
+
+
+@dataclass
+class Written:
+    topic: str
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+    def message(self) -> Message:
+        return decode(self.value, self.headers)
+
+    @property
+    def source_offset(self) -> int | None:
+        raw = header(self.headers, HEADER_SOURCE_OFFSET)
+        return int(raw) if raw is not None else None
+
+
+@dataclass
+class FakeProducer:
+    """Records what is sent; with transactions, only a committed transaction's records reach ``log``."""
+
+    log: list[Written] = field(default_factory=list)
+    offsets: list[tuple[dict[TopicPartition, int], str]] = field(default_factory=list)
+    transactions: list[str] = field(default_factory=list)
+    #: the send with this number (from 1) raises, as a broker that is gone
+    fail_on_send: int | None = None
+    sends: int = 0
+    stopped: bool = False
+    _pending: list[Written] | None = None
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None, **extra: Any
+    ) -> asyncio.Future[Any]:
+        self.sends += 1
+        if self.sends == self.fail_on_send:
+            raise ConnectionError("the broker went away")
+        written = Written(topic, value, list(extra.get("headers") or ()))
+        (self._pending if self._pending is not None else self.log).append(written)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        self._pending = []
+        try:
+            yield
+        except BaseException:
+            self.transactions.append("aborted")
+            raise
+        else:
+            self.log.extend(self._pending)
+            self.transactions.append("committed")
+        finally:
+            self._pending = None
+
+    async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, Any], group_id: str) -> None:
+        self.offsets.append(({tp: meta.offset for tp, meta in offsets.items()}, group_id))
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def events(self) -> list[Written]:
+        return [w for w in self.log if w.topic == TOPICS.room_events.name]
+
+    def dead_letters(self) -> list[Written]:
+        return [w for w in self.log if w.topic == dlq_name(TOPICS.commands.name)]
+
+
+@dataclass
+class FakeConsumer:
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    seeks: list[tuple[TopicPartition, int]] = field(default_factory=list)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.commits[-1].get(tp) if self.commits else None
+
+
+class LogReplayingSequencer(Sequencer):
+    """Rebuilds from what the fake producer's log holds instead of reading room-events from Kafka."""
+
+    def __init__(self, producer: FakeProducer, consumer: FakeConsumer, *, transactional: bool) -> None:
+        super().__init__(KafkaSettings(), TOPICS, SequencerOptions(GROUP, transactional=transactional), lambda: NOW)
+        self.producer = producer
+        self._consumer = consumer  # type: ignore[assignment]
+        if not transactional:
+            self._plain_producer = producer  # type: ignore[assignment]
+        self._owned[0] = OwnedPartition(partition=0, producer=producer)  # type: ignore[arg-type]
+
+    async def _rebuild(self, owned: OwnedPartition) -> None:
+        for offset, written in enumerate(self.producer.events()):
+            record = ConsumerRecord(
+                TOPICS.room_events.name, 0, offset, 0, 0, b"r", written.value, None, 1, 1, written.headers
+            )
+            self._replay(owned, record)
+
+
+def rig(*, transactional: bool, fail_on_send: int | None = None) -> tuple[LogReplayingSequencer, _CommandLoop]:
+    producer = FakeProducer(fail_on_send=fail_on_send)
+    consumer = FakeConsumer()
+    sequencer = LogReplayingSequencer(producer, consumer, transactional=transactional)
+    return sequencer, _CommandLoop(sequencer, consumer)  # type: ignore[arg-type]
+
+
+def story(producer: FakeProducer) -> list[tuple[int | None, type[Message], str | None]]:
+    return [(w.source_offset, type(w.message()), getattr(w.message(), "ticket_id", None)) for w in producer.events()]
+
+
+async def test_a_batch_of_joins_is_decided_in_order_into_events_that_name_their_command_offset() -> None:
+    sequencer, loop = rig(transactional=True)
+
+    assert await loop.process(COMMANDS, commands(configure(capacity=2), join("a"), join("b"), join("c")))
+
+    assert story(sequencer.producer) == [
+        (0, RoomConfigured, None),
+        (1, TicketIssued, "a"),
+        (1, TicketAdmitted, "a"),
+        (2, TicketIssued, "b"),
+        (2, TicketAdmitted, "b"),
+        (3, TicketIssued, "c"),  # the room is full: c waits
+    ]
+    issued = [e.message() for e in sequencer.producer.events()]
+    assert [e.queue_no for e in issued if isinstance(e, TicketIssued)] == [1, 2, 3]
+    assert sequencer._owned[0].next_offset == 4
+
+
+async def test_poison_and_an_invalid_command_are_dead_lettered_while_the_rest_of_the_batch_is_applied() -> None:
+    sequencer, loop = rig(transactional=True)
+    batch = commands(
+        configure(), b"{not json", join("a"), AdmitRequested(room_id="r", requested_at=NOW, count=0), join("b")
+    )
+
+    assert await loop.process(COMMANDS, batch)
+
+    dead = sequencer.producer.dead_letters()
+    assert [header(d.headers, "waitroom-source-offset") for d in dead] == [b"1", b"3"]
+    assert [d.value for d in dead] == [batch[1].value, batch[3].value]
+    assert all(header(d.headers, "waitroom-error") for d in dead)
+    assert [(offset, kind) for offset, kind, _ in story(sequencer.producer)] == [
+        (0, RoomConfigured),
+        (2, TicketIssued),
+        (2, TicketAdmitted),
+        (4, TicketIssued),
+        (4, TicketAdmitted),
+    ]
+    assert sequencer.producer.offsets == [({COMMANDS: 5}, GROUP)]
+
+
+async def test_with_transactions_the_offsets_go_into_the_transaction_and_not_to_the_consumer() -> None:
+    sequencer, loop = rig(transactional=True)
+
+    await loop.process(COMMANDS, commands(configure(), join("a")))
+
+    assert sequencer.producer.transactions == ["committed"]
+    assert sequencer.producer.offsets == [({COMMANDS: 2}, GROUP)]
+    assert loop.consumer.commits == []
+
+
+async def test_without_transactions_the_consumer_commits_the_offset_after_the_batch() -> None:
+    sequencer, loop = rig(transactional=False)
+
+    await loop.process(COMMANDS, commands(configure(), join("a")))
+
+    assert sequencer.producer.transactions == []
+    assert loop.consumer.commits == [{COMMANDS: 2}]
+    assert len(sequencer.producer.events()) == 3
+
+
+async def test_records_below_the_partitions_next_offset_are_skipped_so_nothing_is_applied_twice() -> None:
+    sequencer, loop = rig(transactional=True)
+    batch = commands(configure(), join("a"), join("b"))
+    await loop.process(COMMANDS, batch)
+    applied = len(sequencer.producer.events())
+
+    assert await loop.process(COMMANDS, batch)  # the same batch again, as a re-fetch after a rebalance
+    assert await loop.process(COMMANDS, [*batch[1:], *commands(join("c"), first_offset=3)])
+
+    assert len(sequencer.producer.events()) == applied + 1  # only c's TicketIssued
+    assert story(sequencer.producer)[-1] == (3, TicketIssued, "c")
+    assert sequencer.producer.transactions == ["committed", "committed"]  # nothing at all for the old batch
+
+
+async def test_the_batch_of_a_partition_revoked_while_it_was_in_flight_is_ignored() -> None:
+    sequencer, loop = rig(transactional=True)
+    await sequencer.revoke({COMMANDS})
+
+    assert await loop.process(COMMANDS, commands(configure(), join("a")))
+
+    assert sequencer.producer.log == []
+    assert sequencer.producer.offsets == []
+    assert sequencer.producer.stopped  # the revoked partition's own producer is closed
+
+
+async def test_a_failing_send_rebuilds_the_partition_from_the_log_and_resumes_after_what_it_kept() -> None:
+    sequencer, loop = rig(transactional=False, fail_on_send=2)  # the configure's event is sent, a's issue fails
+    before = sequencer._owned[0]
+    batch = commands(configure(), join("a"), join("b"))
+
+    assert await loop.process(COMMANDS, batch)  # handled: the loop goes on
+
+    after = sequencer._owned[0]
+    assert after is not before
+    assert after.rooms["r"].exists and after.rooms["r"].last_queue_no == 0  # what the log holds, not what was decided
+    assert after.next_offset == 1
+    assert loop.consumer.seeks[-1] == (COMMANDS, 1)
+    assert loop.consumer.commits == []
+
+    assert await loop.process(COMMANDS, batch[1:])  # re-fetched from the seek
+    assert [(offset, kind) for offset, kind, _ in story(sequencer.producer)] == [
+        (0, RoomConfigured),  # once
+        (1, TicketIssued),
+        (1, TicketAdmitted),
+        (2, TicketIssued),
+        (2, TicketAdmitted),
+    ]
+    assert loop.consumer.commits == [{COMMANDS: 3}]
