@@ -1,4 +1,7 @@
-"""Structured logging: one JSON object a line, context bound per request or message."""
+"""Structured logging: one JSON object a line on stderr (or a console line with
+``WAITROOM_LOG_FORMAT=console``), each with the service's name, the time, the level and, inside a
+span, the trace and span ids, so a log line leads to its trace. Library loggers (aiokafka, uvicorn,
+faust) go through the standard library at WARNING and above."""
 
 from __future__ import annotations
 

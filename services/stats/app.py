@@ -107,7 +107,8 @@ def as_record(event: EventT) -> ConsumerRecord[Any, Any]:
 
 
 class Stats:
-    """The app and what its agents and timer do; built by :func:`build`."""
+    """The app and what its agents and timer do; the service's ``StatsWorker`` component makes it
+    inside the running loop and runs it with faust's worker (``waitroom_stats.__main__``)."""
 
     def __init__(self, settings: StatsSettings) -> None:
         self.settings = settings
