@@ -2,10 +2,11 @@
 
 The reaper and stats (their first component, :class:`EnsureTopics`), the chart's hook Job
 (``python -m waitroom_platform.topics_cli``), the dev command and the tests call ``ensure_topics``,
-so several may race to create the same topics: that is fine. What is not fine is an existing topic with fewer partitions than the
-registry asks for: the room topics are co-partitioned (partition ``p`` of each holds the same rooms),
-so a mismatch would silently send a room's events to a partition its owner never reads. We refuse
-to start instead, and never alter an existing topic ourselves.
+so several may race to create the same topics: that is fine. What is not fine is an existing topic
+with fewer partitions than the registry asks for: the room topics are co-partitioned (partition
+``p`` of each holds the same rooms), so a mismatch would silently send a room's events to a
+partition its owner never reads. We refuse to start instead, and never alter an existing topic
+ourselves.
 """
 
 from __future__ import annotations
