@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     CpuMeter,
@@ -105,10 +105,17 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def reaper_metrics(port: int) -> dict[str, Any]:
+def reaper_metrics(port: int) -> dict[str, float]:
+    """The reaper's own counters off its Prometheus ``/metrics`` (``waitroom_reaper_<name>``)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310 - loopback
-        body: dict[str, Any] = json.loads(response.read())
-        return body
+        text = response.read().decode()
+    prefix = "waitroom_reaper_"
+    return {
+        sample.name.removeprefix(prefix): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(prefix)
+    }
 
 
 async def seed(bootstrap: str, topics: TopicRegistry, rooms: list[str], tickets: list[tuple[str, str]]) -> None:
