@@ -19,6 +19,7 @@ from waitroom_notifier.forwarder import AlertHandler, Forwarder, MetricsHandler
 from waitroom_notifier.provisioning import Provisioned, TopicNotFound, provision
 from waitroom_notifier.settings import NotifierSettings
 from waitroom_notifier.sinks import CloudWatchMetrics, SnsAlerts
+from waitroom_platform.metrics import expose_numbers
 from waitroom_platform.runtime import Component, Misconfigured
 from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_botocore
@@ -124,7 +125,20 @@ def build(settings: NotifierSettings) -> list[Component]:
     sns = make_client("sns", settings)
     cloudwatch = make_client("cloudwatch", settings)
     provisioning = Provisioning(settings, sns, cloudwatch)
-    return [provisioning, *build_forwarders(settings, sns, cloudwatch, provisioning)]
+    forwarders = build_forwarders(settings, sns, cloudwatch, provisioning)
+    expose_numbers("waitroom_notifier", lambda: delivery_numbers(forwarders), "what AWS accepted since start")
+    return [provisioning, *forwarders]
+
+
+def delivery_numbers(forwarders: list[Forwarder]) -> dict[str, float]:
+    numbers: dict[str, float] = {}
+    for forwarder in forwarders:
+        handler = forwarder.handler
+        if isinstance(handler, MetricsHandler):
+            numbers.update(metric_datums_put=handler.datums_put, put_metric_data_calls=handler.calls)
+        elif isinstance(handler, AlertHandler):
+            numbers["alerts_published"] = handler.published
+    return numbers
 
 
 def main() -> None:

@@ -110,6 +110,8 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics_and_
         await eventually(room_gauge, 30, "the room's waiting gauge on ticketing's /metrics", interval=0.5)
         reaper_metrics = metric_names((await http.get(f"http://127.0.0.1:{ports['reaper']}/metrics")).text)
         assert {"waitroom_reaper_live_tickets", "waitroom_reaper_heartbeats"} <= reaper_metrics
+        notifier_metrics = metric_names((await http.get(f"http://127.0.0.1:{ports['notifier']}/metrics")).text)
+        assert {"waitroom_notifier_alerts_published", "waitroom_notifier_metric_datums_put"} <= notifier_metrics
 
     for name, proc in services.items():
         started = time.monotonic()
