@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic
+from typing import Any, Generic
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -106,3 +106,21 @@ class _TailLoop(ConsumerLoop[M]):
     async def after_fetch(self, batches: Sequence[tuple[TopicPartition, list[Record]]]) -> None:
         if not self._tail.caught_up.is_set():
             await self._tail._check_caught_up()
+
+
+class TailedView(Component):
+    """A read model that a :class:`TopicTail` feeds: its lifecycle and readiness are the tail's."""
+
+    _tail: TopicTail[Any]
+
+    async def start(self) -> None:
+        await self._tail.start()
+
+    async def run(self) -> None:
+        await self._tail.run()
+
+    async def stop(self) -> None:
+        await self._tail.stop()
+
+    def ready(self) -> bool:
+        return self._tail.ready()

@@ -15,9 +15,8 @@ import structlog
 from waitroom_core.room import RoomState, Ticket, evolve
 from waitroom_events.events import JoinRejected, RoomEvent, TicketIssued
 from waitroom_platform.consume import Record
-from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
-from waitroom_platform.tail import TopicTail
+from waitroom_platform.tail import TailedView, TopicTail
 
 log = structlog.get_logger()
 
@@ -28,7 +27,7 @@ class JoinRefused(Exception):
         self.reason = reason
 
 
-class ReadModel(Component):
+class ReadModel(TailedView):
     name = "read-model"
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
@@ -37,18 +36,6 @@ class ReadModel(Component):
         self._ticket_waiters: dict[str, list[asyncio.Future[Ticket]]] = {}
         self._changed = asyncio.Condition()
         self.events_applied = 0
-
-    async def start(self) -> None:
-        await self._tail.start()
-
-    async def run(self) -> None:
-        await self._tail.run()
-
-    async def stop(self) -> None:
-        await self._tail.stop()
-
-    def ready(self) -> bool:
-        return self._tail.ready()
 
     def _apply_decoded(self, records: Sequence[tuple[Record, RoomEvent]]) -> None:
         self.apply([event for _, event in records])

@@ -16,9 +16,8 @@ import structlog
 
 from waitroom_events.stats import RoomStats
 from waitroom_platform.consume import Record
-from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
-from waitroom_platform.tail import TopicTail
+from waitroom_platform.tail import TailedView, TopicTail
 
 log = structlog.get_logger()
 
@@ -26,22 +25,13 @@ log = structlog.get_logger()
 RECENT_WINDOWS = 10
 
 
-class StatsView(Component):
+class StatsView(TailedView):
     name = "stats-view"
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
         self.latest: dict[str, RoomStats] = {}
         self._windows: dict[str, deque[RoomStats]] = {}
         self._tail = TopicTail(kafka, topic, RoomStats, self._apply_decoded, from_beginning=False)
-
-    async def start(self) -> None:
-        await self._tail.start()
-
-    async def run(self) -> None:
-        await self._tail.run()
-
-    async def stop(self) -> None:
-        await self._tail.stop()
 
     def _apply_decoded(self, records: Sequence[tuple[Record, RoomStats]]) -> None:
         for _, stats in records:
