@@ -56,19 +56,29 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers | quote }}
 - name: KAFKA_SECURITY_PROTOCOL
   value: {{ .Values.kafka.securityProtocol | quote }}
-{{- if .Values.kafka.sasl.mechanism }}
+{{- with .Values.kafka.sasl }}
+{{- if .mechanism }}
 - name: KAFKA_SASL_MECHANISM
-  value: {{ .Values.kafka.sasl.mechanism | quote }}
+  value: {{ .mechanism | quote }}
 - name: KAFKA_SASL_USERNAME
+  {{- if .username }}
+  value: {{ .username | quote }}
+  {{- else }}
   valueFrom:
     secretKeyRef:
-      name: {{ required "kafka.sasl.existingSecret is required with a SASL mechanism" .Values.kafka.sasl.existingSecret }}
-      key: {{ .Values.kafka.sasl.usernameKey }}
+      name: {{ required "kafka.sasl.existingSecret is required with a SASL mechanism" .existingSecret }}
+      key: {{ .usernameKey }}
+  {{- end }}
 - name: KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.kafka.sasl.existingSecret }}
-      key: {{ .Values.kafka.sasl.passwordKey }}
+      name: {{ required "kafka.sasl.existingSecret is required with a SASL mechanism" .existingSecret }}
+      key: {{ .passwordKey }}
+{{- end }}
+{{- end }}
+{{- if include "waitroom.kafkaCa" . }}
+- name: KAFKA_SSL_CAFILE
+  value: {{ include "waitroom.kafkaCaFile" . | quote }}
 {{- end }}
 - name: WAITROOM_TOPIC_PREFIX
   value: {{ .Values.kafka.topicPrefix | quote }}
@@ -91,6 +101,106 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* "true" when a Kafka CA bundle is mounted (kafka.tls.caSecret or kafka.tls.caConfigMap), else empty. */}}
+{{- define "waitroom.kafkaCa" -}}
+{{- if or .Values.kafka.tls.caSecret .Values.kafka.tls.caConfigMap }}true{{ end -}}
+{{- end -}}
+
+{{- define "waitroom.kafkaCaDir" -}}/etc/waitroom/kafka-ca{{- end -}}
+
+{{/* The file KAFKA_SSL_CAFILE names: the bundle's key is projected to ca.crt. */}}
+{{- define "waitroom.kafkaCaFile" -}}{{ include "waitroom.kafkaCaDir" . }}/ca.crt{{- end -}}
+
+{{/* The Kafka CA volume (a list item), when one is set. */}}
+{{- define "waitroom.kafkaVolumes" -}}
+{{- with .Values.kafka.tls -}}
+{{- if or .caSecret .caConfigMap -}}
+- name: kafka-ca
+  {{- if .caSecret }}
+  secret:
+    secretName: {{ .caSecret }}
+  {{- else }}
+  configMap:
+    name: {{ .caConfigMap }}
+  {{- end }}
+    items:
+      - key: {{ .caKey | quote }}
+        path: ca.crt
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Its read-only mount (a list item), when one is set. */}}
+{{- define "waitroom.kafkaVolumeMounts" -}}
+{{- if include "waitroom.kafkaCa" . -}}
+- name: kafka-ca
+  mountPath: {{ include "waitroom.kafkaCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The ports (as a list of ints) of the bootstrap servers, e.g. "a:9092,SASL_SSL://b:9096" -> [9092, 9096]. */}}
+{{- define "waitroom.bootstrapPorts" -}}
+{{- $ports := list -}}
+{{- range splitList "," .Values.kafka.bootstrapServers -}}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" (trim .)) -}}
+{{- if $port }}{{ $ports = append $ports (int $port) | uniq }}{{ end -}}
+{{- end -}}
+{{- toJson $ports -}}
+{{- end -}}
+
+{{/* The TCP port of otel.endpoint: explicit, or 443 for https and 80 for http. */}}
+{{- define "waitroom.otlpPort" -}}
+{{- $url := urlParse .Values.otel.endpoint -}}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) -}}
+{{- $port | default (eq $url.scheme "https" | ternary "443" "80") -}}
+{{- end -}}
+
+{{/* Checks across values that the schema cannot express; renders nothing. */}}
+{{- define "waitroom.validate" -}}
+{{- $k := .Values.kafka -}}
+{{- $saslProtocol := hasPrefix "SASL_" $k.securityProtocol -}}
+{{- if and $k.sasl.mechanism (not $saslProtocol) -}}
+{{- fail (printf "kafka.sasl.mechanism needs kafka.securityProtocol SASL_PLAINTEXT or SASL_SSL, not %s" $k.securityProtocol) -}}
+{{- end -}}
+{{- if and $saslProtocol (not $k.sasl.mechanism) -}}
+{{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.mechanism" $k.securityProtocol) -}}
+{{- end -}}
+{{- if and $k.tls.caSecret $k.tls.caConfigMap -}}
+{{- fail "set one of kafka.tls.caSecret and kafka.tls.caConfigMap, not both" -}}
+{{- end -}}
+{{- if and (include "waitroom.kafkaCa" .) (not (hasSuffix "SSL" $k.securityProtocol)) -}}
+{{- fail (printf "kafka.tls needs kafka.securityProtocol SSL or SASL_SSL, not %s" $k.securityProtocol) -}}
+{{- end -}}
+{{- if .Values.networkPolicy.enabled -}}
+{{- $allowed := list -}}
+{{- range $k.egress.ports }}{{ $allowed = append $allowed (int .) }}{{ end -}}
+{{- range (include "waitroom.bootstrapPorts" . | fromJsonArray) -}}
+{{- if not (has (int .) $allowed) -}}
+{{- fail (printf "kafka.egress.ports %v must include port %d of kafka.bootstrapServers (networkPolicy.enabled)" $allowed (int .)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $t := .Values.ticketing -}}
+{{- $ports := list (int $t.port) (int $t.admin.port) (int .Values.healthPort) -}}
+{{- if ne (len ($ports | uniq)) 3 -}}
+{{- fail (printf "ticketing.port, ticketing.admin.port and healthPort must differ (%v)" $ports) -}}
+{{- end -}}
+{{- if and $t.autoscaling.enabled (gt (int $t.autoscaling.minReplicas) (int $t.autoscaling.maxReplicas)) -}}
+{{- fail "ticketing.autoscaling.minReplicas must not exceed maxReplicas" -}}
+{{- end -}}
+{{- if and $t.autoscaling.enabled (not (dig "requests" "cpu" "" $t.resources)) -}}
+{{- fail "ticketing.autoscaling needs ticketing.resources.requests.cpu (its target is a share of it)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Selector of every pod of the release (the workloads and the topics Job). */}}
+{{- define "waitroom.releaseSelector" -}}
+app.kubernetes.io/name: {{ include "waitroom.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{/* A component's Deployment: (dict "root" $ "component" "reaper" "values" .Values.reaper "module" "waitroom_reaper" "env" (list ...) "ports" ... ).
 Every workload gets the health port (WAITROOM_<COMPONENT>_HEALTH_*) with startup, readiness and liveness probes on it. */}}
 {{- define "waitroom.deployment" -}}
@@ -103,7 +213,9 @@ metadata:
   labels:
     {{- include "waitroom.componentLabels" . | nindent 4 }}
 spec:
+  {{- if not (dig "autoscaling" "enabled" false $v) }}
   replicas: {{ $v.replicas }}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "waitroom.selectorLabels" . | nindent 6 }}
@@ -172,12 +284,14 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- include "waitroom.kafkaVolumeMounts" $root | nindent 12 }}
             {{- with .volumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
       volumes:
         - name: tmp
           emptyDir: {}
+        {{- include "waitroom.kafkaVolumes" $root | nindent 8 }}
         {{- with .volumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
