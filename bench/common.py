@@ -20,7 +20,7 @@ from typing import Any
 from uuid import uuid4
 
 from waitroom_devtools.broker import EmbeddedKafka
-from waitroom_devtools.procs import ServiceProcess, free_port
+from waitroom_devtools.procs import ServiceProcess, free_ports
 from waitroom_events.topics import TopicRegistry, topic_registry
 from waitroom_platform.admin import ensure_topics, wait_for_broker
 
@@ -156,7 +156,7 @@ def ticketing_process(
     if not keys_dir.exists():
         keys_dir.mkdir(parents=True)
         write_private_key(keys_dir / "bench.pem")
-    port = free_port()
+    port, admin_port = free_ports(2)
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "WAITROOM_TOPIC_PREFIX": topics.commands.name.removesuffix(".commands"),
@@ -164,6 +164,7 @@ def ticketing_process(
         "WAITROOM_LOG_FORMAT": "json",
         "WAITROOM_LOG_LEVEL": "INFO",
         "WAITROOM_TICKETING_PORT": str(port),
+        "WAITROOM_TICKETING_ADMIN_PORT": str(admin_port),
         "WAITROOM_TICKETING_HEALTH_PORT": "0",
         "WAITROOM_TICKETING_ADMIN_TOKEN": ADMIN_TOKEN,
         "WAITROOM_TICKETING_TICKET_SECRET": TICKET_SECRET,
@@ -178,8 +179,14 @@ def ticketing_process(
 
 
 def base_url(proc: ServiceProcess) -> str:
+    """The public listener of a process made by :func:`ticketing_process`."""
     assert proc.ready_url is not None
     return proc.ready_url.removesuffix("/readyz")
+
+
+def admin_url(proc: ServiceProcess) -> str:
+    """The admin listener (``/v1/admin/...``) of a process made by :func:`ticketing_process`."""
+    return f"http://127.0.0.1:{proc.env['WAITROOM_TICKETING_ADMIN_PORT']}"
 
 
 def wait_for_log_event(proc: ServiceProcess, event: str, timeout_s: float) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from bench.common import (
     REPO_ROOT,
     Broker,
     CpuMeter,
+    admin_url,
     base_url,
     broker_for_bench,
     fresh_topics,
@@ -86,10 +87,11 @@ def start_servers(
     return ticketing, baseline
 
 
-def create_room(base: str, room_id: str, capacity: int) -> None:
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+def create_room(base: str, admin: str, room_id: str, capacity: int) -> None:
+    """Create the room on the admin listener ``admin``; wait until the public one ``base`` shows it."""
+    token = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with httpx.Client(timeout=30) as http:
-        response = http.put(f"{base}/v1/admin/rooms/{room_id}", json={"capacity": capacity}, headers=admin)
+        response = http.put(f"{admin}/v1/admin/rooms/{room_id}", json={"capacity": capacity}, headers=token)
         if response.status_code not in (200, 201, 202):
             raise RuntimeError(f"creating room {room_id}: {response.status_code} {response.text}")
         deadline = time.monotonic() + 30
@@ -121,9 +123,9 @@ async def _join_many(base: str, room_id: str, count: int, concurrency: int) -> l
     return tickets
 
 
-def prepare_heartbeats(base: str, count: int, capacity: int) -> list[RequestSpec]:
+def prepare_heartbeats(base: str, admin: str, count: int, capacity: int) -> list[RequestSpec]:
     """``count`` issued tickets in their own room; one heartbeat request per ticket, with its token."""
-    create_room(base, HEARTBEAT_ROOM, capacity)
+    create_room(base, admin, HEARTBEAT_ROOM, capacity)
     say(f"joining {count} tickets for the heartbeat runs ...")
     tickets = asyncio.run(_join_many(base, HEARTBEAT_ROOM, count, concurrency=32))
     return [
@@ -371,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="waitroom-bench-") as tmp, broker_for_bench(Path(tmp)) as broker:
         ticketing, baseline = start_servers(broker, Path(tmp), args.partitions, args.telemetry)
         try:
-            ticketing_url = base_url(ticketing)
-            create_room(ticketing_url, JOIN_ROOM, args.capacity)
-            heartbeats = prepare_heartbeats(ticketing_url, args.tickets, args.capacity)
+            ticketing_url, ticketing_admin = base_url(ticketing), admin_url(ticketing)
+            create_room(ticketing_url, ticketing_admin, JOIN_ROOM, args.capacity)
+            heartbeats = prepare_heartbeats(ticketing_url, ticketing_admin, args.tickets, args.capacity)
             targets = {"baseline": baseline, "waitroom": ticketing}
             say(f"measuring with {client}: {args.connections} connections, {args.duration:g} s per row ...")
             joins = [RequestSpec("POST", f"/v1/rooms/{JOIN_ROOM}/tickets")]

@@ -1,7 +1,8 @@
 """The dev command: the whole waitroom on one machine, ``waitroom-dev`` (or ``python -m waitroom_devtools.devstack``).
 
 Starts Apache Kafka (embedded, unless ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster), creates the
-topics, starts every service as a child process, creates a demo room and prints the URLs. Data
+topics, starts every service as a child process, creates a demo room (through the ticketing
+service's admin listener) and prints the URLs, the admin API's on its own line. Data
 (Kafka's log, signing keys, service logs) stays in ``--data-dir`` between runs. Ctrl-C stops
 everything in order; a service that crashes is restarted. Children die with this process even
 after ``kill -9`` (PR_SET_PDEATHSIG), so nothing is left behind.
@@ -41,6 +42,8 @@ class DevContext:
     prefix: str
     partitions: int
     api_port: int
+    #: the ticketing service's admin listener (``/v1/admin/...`` and the API docs)
+    admin_port: int = 8001
     ports: dict[str, int] = field(default_factory=dict)
     #: OpenTelemetry settings for every service (see :func:`telemetry_env`)
     otel_env: dict[str, str] = field(default_factory=dict)
@@ -79,6 +82,7 @@ def _ticketing_env(ctx: DevContext) -> dict[str, str]:
     keys = ctx.data_dir / "jwt-keys"
     return {
         "WAITROOM_TICKETING_PORT": str(ctx.api_port),
+        "WAITROOM_TICKETING_ADMIN_PORT": str(ctx.admin_port),
         "WAITROOM_TICKETING_HEALTH_PORT": str(ctx.port("ticketing health")),
         "WAITROOM_TICKETING_JWT_KEYS_DIR": str(keys),
     }
@@ -86,13 +90,20 @@ def _ticketing_env(ctx: DevContext) -> dict[str, str]:
 
 def _ticketing_urls(ctx: DevContext) -> dict[str, str]:
     base = f"http://127.0.0.1:{ctx.api_port}"
+    admin = admin_url(ctx)
     return {
         "API": base,
-        "API docs (OpenAPI)": f"{base}/docs",
+        "admin API": admin,
+        "API docs (Swagger)": f"{admin}/docs",
+        "public API docs": f"{admin}/docs/public",
         "demo waiting page": f"{base}/wait/demo",
         "demo room status": f"{base}/v1/rooms/demo",
         "JWKS": f"{base}/.well-known/jwks.json",
     }
+
+
+def admin_url(ctx: DevContext) -> str:
+    return f"http://127.0.0.1:{ctx.admin_port}"
 
 
 def _moto_url(ctx: DevContext) -> str:
@@ -263,10 +274,32 @@ class Stack:
                 proc.stop()
 
 
+def running_lines(ctx: DevContext, services: list[DevService], trace_ui: TraceUI | None = None) -> list[str]:
+    """What the stack shows once it runs: one ``<label>  <url>`` a line, labels right-aligned, so
+    each line reads ``API  http://…``, ``admin API  http://…`` once stripped."""
+    rows: list[tuple[str, str]] = [("Kafka bootstrap", ctx.bootstrap)]
+    for service in services:
+        rows += list(service.urls(ctx).items())
+    if trace_ui is not None:
+        rows += [
+            ("traces (Zipkin)", trace_ui.ui_url),
+            ("OTLP/HTTP endpoint", trace_ui.otel_env()["OTEL_EXPORTER_OTLP_ENDPOINT"]),
+        ]
+    rows += [("admin token", f"{DEV_ADMIN_TOKEN} (development only)"), ("logs", str(ctx.data_dir / "logs"))]
+    width = max(len(label) for label, _ in rows)
+    return [f"  {label:>{width}}  {value}" for label, value in rows]
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="waitroom-dev", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("WAITROOM_DEV_DATA_DIR", "var/dev")))
     parser.add_argument("--port", type=int, default=int(os.environ.get("WAITROOM_DEV_PORT", "8000")))
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=int(os.environ.get("WAITROOM_DEV_ADMIN_PORT", "8001")),
+        help="the ticketing admin API (0: a free port)",
+    )
     parser.add_argument("--partitions", type=int, default=12, help="partitions of each room topic")
     parser.add_argument("--prefix", default="waitroom", help="topic name prefix")
     parser.add_argument("--demo-capacity", type=int, default=5, help="capacity of the demo room")
@@ -310,25 +343,17 @@ def main(argv: list[str] | None = None) -> int:
             _say("  starting Zipkin (trace UI) ...")
             trace_ui = TraceUI(data_dir)
             trace_ui.start()
-        ctx = DevContext(data_dir, bootstrap, args.prefix, args.partitions, args.port)
+        admin_port = args.admin_port or free_port()
+        ctx = DevContext(data_dir, bootstrap, args.prefix, args.partitions, args.port, admin_port)
         ctx.otel_env = telemetry_env(trace_ui)
         stack = Stack(ctx, SERVICES)
         stack.start()
-        status, _ = _http_json(
-            "PUT", f"http://127.0.0.1:{args.port}/v1/admin/rooms/demo", {"capacity": args.demo_capacity}
-        )
+        status, _ = _http_json("PUT", f"{admin_url(ctx)}/v1/admin/rooms/demo", {"capacity": args.demo_capacity})
         _say(f"  demo room: HTTP {status}")
         _say("")
         _say("waitroom is running:")
-        _say(f"  Kafka bootstrap         {bootstrap}")
-        for service in SERVICES:
-            for label, url in service.urls(ctx).items():
-                _say(f"  {label:<23} {url}")
-        if trace_ui is not None:
-            _say(f"  traces (Zipkin)         {trace_ui.ui_url}")
-            _say(f"  OTLP/HTTP endpoint      {trace_ui.otel_env()['OTEL_EXPORTER_OTLP_ENDPOINT']}")
-        _say(f"  admin token             {DEV_ADMIN_TOKEN} (development only)")
-        _say(f"  logs                    {data_dir / 'logs'}")
+        for line in running_lines(ctx, SERVICES, trace_ui):
+            _say(line)
         _say("Press Ctrl-C to stop.")
         _say("WAITROOM READY")
         while True:

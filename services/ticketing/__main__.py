@@ -1,24 +1,30 @@
 """Composition root of the ticketing service: ``python -m waitroom_ticketing``.
 
 Settings, then the components the role asks for (``all``: API and sequencer in one process;
-``api``; ``sequencer``): the sequencer, the producer, the read model, the stats view and the HTTP
-server, started in that order and stopped in reverse. The topics must exist (the dev command, the
-chart's hook Job or ``python -m waitroom_platform.topics_cli`` create them).
+``api``; ``sequencer``): the sequencer, the producer, the read model, the stats view, the admin
+HTTP server and the public one, started in that order and stopped in reverse. The two servers
+serve two apps over the same services (``api.py``): the public listener
+(``WAITROOM_TICKETING_HOST``/``_PORT``) and the admin listener (``..._ADMIN_HOST``/``_ADMIN_PORT``).
+The topics must exist (the dev command, the chart's hook Job or
+``python -m waitroom_platform.topics_cli`` create them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import structlog
 import uvicorn
+from fastapi import FastAPI
 
 from waitroom_platform.kafka import ProducerComponent, Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
 from waitroom_platform.runtime import Component
 from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_fastapi
-from waitroom_ticketing.api import Services, create_app
+from waitroom_ticketing.api import Services, create_admin_app, create_public_app
+from waitroom_ticketing.edge import TrustedProxies
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.sequencer import Sequencer, SequencerOptions
@@ -49,27 +55,76 @@ def room_depths(read_model: ReadModel) -> RoomDepths:
 
 
 class HttpServer(Component):
-    """uvicorn serving the API; stopping finishes the requests in flight before the clients close."""
+    """uvicorn serving one app; stopping finishes the requests in flight before the clients close.
 
-    name = "http"
+    ``start()`` binds the listening socket, so a port already taken fails the start (with the
+    component's name) and port 0 is known, and logged, before the service says it is started.
+    """
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, name: str = "http", event: str = "ticketing_listening") -> None:
+        self.name = name
+        self._event = event
         self._server = uvicorn.Server(config)
         # uvicorn would take over SIGTERM/SIGINT; the supervisor stops every part together, in order.
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._config = config
+        self._socket: socket.socket | None = None
+        self.url: str | None = None
 
     async def start(self) -> None:
-        log.info("ticketing_listening", url=f"http://{self._config.host}:{self._config.port}")
+        self._socket = bind(self._config.host, self._config.port)
+        port = self._socket.getsockname()[1]
+        host = self._config.host
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        log.info(self._event, url=self.url)
 
     async def run(self) -> None:
-        await self._server.serve()
+        assert self._socket is not None
+        await self._server.serve(sockets=[self._socket])
 
     async def drain(self) -> None:
         self._server.should_exit = True
 
+    async def stop(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+
     def ready(self) -> bool:
         return self._server.started
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one); uvicorn listens on it. Unlike
+    uvicorn's own binding, a failure raises ``OSError`` instead of exiting the process."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def http_config(app: FastAPI, host: str, port: int, settings: TicketingSettings) -> uvicorn.Config:
+    """One listener's uvicorn settings; proxy headers are never uvicorn's business (see ``edge.py``)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        # The client's address is decided by our trusted-proxy setting alone: uvicorn must neither
+        # rewrite request.client from X-Forwarded-For nor trust any address for it.
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+        # Longer than the idle timeout of common load balancers (60 s), so the server never
+        # closes a kept-alive connection that a client or proxy is about to reuse.
+        timeout_keep_alive=settings.keepalive_s,
+        timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+        backlog=4096,
+    )
 
 
 def build(settings: TicketingSettings) -> list[Component]:
@@ -99,23 +154,19 @@ def build(settings: TicketingSettings) -> list[Component]:
             publish_timeout_s=settings.publish_timeout_s,
             is_ready=lambda: read_model.ready() and (sequencer is None or sequencer.ready()),
             stats=stats_view,
+            proxies=TrustedProxies.parse(settings.trusted_proxies),
         )
-        app = create_app(services)
-        instrument_fastapi(app)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            # Longer than the idle timeout of common load balancers (60 s), so the server never
-            # closes a kept-alive connection that a client or proxy is about to reuse.
-            timeout_keep_alive=settings.keepalive_s,
-            timeout_graceful_shutdown=int(HTTP_DRAIN_S),
-            backlog=4096,
+        public_app = create_public_app(services)
+        admin_app = create_admin_app(services, docs=settings.docs_enabled, public_openapi=public_app.openapi)
+        instrument_fastapi(public_app)
+        instrument_fastapi(admin_app)
+        admin_server = HttpServer(
+            http_config(admin_app, settings.admin_host, settings.admin_port, settings),
+            name="admin_http",
+            event="admin_listening",
         )
-        components += [producer, read_model, stats_view, HttpServer(config)]
+        public_server = HttpServer(http_config(public_app, settings.host, settings.port, settings))
+        components += [producer, read_model, stats_view, admin_server, public_server]
     return components
 
 

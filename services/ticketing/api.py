@@ -1,7 +1,10 @@
 """The public and admin HTTP API. Handlers only translate: request -> command -> publish -> view.
 
-Domain and transport errors map to ``{"error": code, "detail": ...}`` in one place (``ApiError``
-and the handlers registered in :func:`create_app`).
+Two applications over the same :class:`Services`, each on its own listener: the public one
+(visitors, the waiting page, the JWKS, the public OpenAPI document) and the admin one
+(``/v1/admin/...`` and the API docs, see ``docs.py``). Neither serves the other's routes: an admin
+path on the public port is an ordinary 404. Domain and transport errors map to
+``{"error": code, "detail": ...}`` in one place (``ApiError`` and :func:`_install_error_handlers`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +32,8 @@ from waitroom_events.commands import AdmitRequested, JoinRequested, LeaveRequest
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import Publisher
+from waitroom_ticketing.docs import mount_docs
+from waitroom_ticketing.edge import TrustedProxies, rate_limit_key
 from waitroom_ticketing.page import render_page
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import JoinRefused, ReadModel
@@ -92,6 +98,7 @@ class Services:
         clock: Callable[[], float] = time.time,
         is_ready: Callable[[], bool] | None = None,
         stats: StatsView | None = None,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self.topics = topics
         self.publisher = publisher
@@ -105,6 +112,12 @@ class Services:
         self.clock = clock
         self.is_ready = is_ready or read_model.ready
         self.stats = stats
+        self.proxies = proxies or TrustedProxies()
+
+    def client_key(self, request: Request) -> str:
+        """The rate-limit bucket of the request's client (see ``edge.py``: trusted proxies, IPv6 /64)."""
+        peer = request.client.host if request.client else None
+        return rate_limit_key(self.proxies.client(peer, request.headers.getlist("x-forwarded-for")))
 
     async def publish(self, topic: str, message: Message) -> None:
         try:
@@ -218,9 +231,15 @@ def _ended(ticket: Ticket) -> ApiError:
     return ApiError(410, code, f"the ticket is {ticket.state.value}; join again to get a new one")
 
 
-def _require_admin(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> None:
-    token = _bearer(authorization)
-    if token is None:
+#: the admin token as an OpenAPI security scheme: the admin docs' "Authorize" button sends it
+_admin_bearer = HTTPBearer(auto_error=False, scheme_name="admin token", description="WAITROOM_TICKETING_ADMIN_TOKEN")
+
+
+def _require_admin(
+    svc: Svc, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)] = None
+) -> None:
+    token = credentials.credentials.strip() if credentials is not None else None
+    if not token:
         raise ApiError(401, "unauthorized", "admin calls need Authorization: Bearer <admin token>")
     if not hmac.compare_digest(token.encode(), svc.admin_token.encode()):
         raise ApiError(403, "forbidden", "the admin token is not valid")
@@ -237,8 +256,7 @@ async def join(
     svc: Svc,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY)] = None,
 ) -> Response:
-    client = request.client.host if request.client else "unknown"
-    retry_after = svc.limiter.acquire(client, time.monotonic())
+    retry_after = svc.limiter.acquire(svc.client_key(request), time.monotonic()) if svc.limiter.enabled else 0.0
     if retry_after > 0:
         raise ApiError(
             429, "rate_limited", "too many joins from this client", {"Retry-After": str(int(retry_after) + 1)}
@@ -392,11 +410,17 @@ async def admit(room_id: RoomId, svc: Svc, body: Annotated[AdmitBody, Body()] = 
     return {"room_id": room_id, "count": body.count, "above_capacity": body.above_capacity, "state": "accepted"}
 
 
-def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="waitroom", version="1", docs_url="/docs", redoc_url=None)
+def create_public_app(services: Services) -> FastAPI:
+    """The public listener's app: visitors' calls, the waiting page, the JWKS, ``/openapi.json``."""
+    app = FastAPI(
+        title="waitroom",
+        version="1",
+        description="The visitors' API. The admin API and the docs are on the admin listener.",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.services = services
     app.include_router(public)
-    app.include_router(admin)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -407,6 +431,31 @@ def create_app(services: Services) -> FastAPI:
         ready = services.is_ready()
         return JSONResponse({"ready": ready, **services.read_model.describe()}, status_code=200 if ready else 503)
 
+    _install_error_handlers(app)
+    return app
+
+
+def create_admin_app(
+    services: Services, *, docs: bool = True, public_openapi: Callable[[], dict[str, Any]] | None = None
+) -> FastAPI:
+    """The admin listener's app: ``/v1/admin/...``, its ``/openapi.json`` and, with ``docs``, Swagger
+    UI of it plus a read-only Swagger UI of the public API (``public_openapi``)."""
+    app = FastAPI(
+        title="waitroom admin",
+        version="1",
+        description="Operators' API: create, configure and admit. Every call needs the admin token.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.include_router(admin)
+    if docs:
+        mount_docs(app, public_openapi or create_public_app(services).openapi)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail, exc.headers)
@@ -427,5 +476,3 @@ def create_app(services: Services) -> FastAPI:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", error=type(exc).__name__)
         return _error(500, "internal_error", "unexpected error; it has been logged")
-
-    return app

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from waitroom_platform.settings import CommonSettings, KafkaSettings, require_secret
+from waitroom_ticketing.edge import parse_networks
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - refused outside development
 DEV_TICKET_SECRET = "dev-ticket-secret-not-for-production"  # noqa: S105 - refused outside development
@@ -25,6 +27,14 @@ class TicketingSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     keepalive_s: int = Field(default=75, ge=1, le=3600)
+    #: the admin listener: ``/v1/admin/...`` and the API docs, never on the public port; 0 picks a free port
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8001, ge=0, le=65535)
+    #: Swagger UI (assets served locally) of the admin and the public API, on the admin listener
+    docs_enabled: bool = True
+    #: CIDRs of the reverse proxies whose ``X-Forwarded-For`` names the client (JSON list or
+    #: comma-separated); empty trusts none, so the TCP peer is the client
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: the health port: ``/healthz``, ``/readyz``, Prometheus ``/metrics``; port 0 picks a free one
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8011, ge=0, le=65535)
@@ -43,6 +53,30 @@ class TicketingSettings(BaseSettings):
     #: consumer group of the sequencers; defaults to ``<prefix>.sequencer``
     group_id: str | None = None
     transactions: bool = True
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(network) for network in parse_networks(value)]
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
+
+    @model_validator(mode="after")
+    def _ports(self) -> TicketingSettings:
+        if self.admin_port != 0 and self.admin_port in (self.port, self.health_port):
+            raise ValueError(f"admin_port {self.admin_port} is also the public or the health port")
+        return self
 
     @model_validator(mode="after")
     def _secrets(self) -> TicketingSettings:

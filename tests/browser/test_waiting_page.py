@@ -24,7 +24,7 @@ async def test_a_visitor_waits_on_the_page_keeps_the_place_on_reload_and_enters_
     (svc,) = launch_ticketing(topics)
     async with httpx.AsyncClient(timeout=30) as http:
         await create_room(
-            http, svc.url, "shop", capacity=1, heartbeat_interval_s=1, target_url="https://shop.example/checkout"
+            http, svc.admin_url, "shop", capacity=1, heartbeat_interval_s=1, target_url="https://shop.example/checkout"
         )
         missing = await http.get(f"{svc.url}/wait/no-such-room")
         assert missing.status_code == 404 and missing.json()["error"] == "room_not_found"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support.http import ADMIN_TOKEN
 
-from waitroom_devtools.procs import ServiceProcess, free_port
+from waitroom_devtools.procs import ServiceProcess, free_ports
 from waitroom_events.topics import TopicRegistry
 from waitroom_ticketing.tokens import write_private_key
 
@@ -41,7 +41,13 @@ def service_env(kafka_bootstrap: str, topics: TopicRegistry, **extra: str) -> di
 class TicketingProcess(ServiceProcess):
     @property
     def url(self) -> str:
+        """The public listener: visitors' calls, the waiting page, the JWKS."""
         return f"http://127.0.0.1:{self.env['WAITROOM_TICKETING_PORT']}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener: ``/v1/admin/...`` and the API docs."""
+        return f"http://127.0.0.1:{self.env['WAITROOM_TICKETING_ADMIN_PORT']}"
 
 
 class Launcher:
@@ -78,17 +84,19 @@ class TicketingLauncher(Launcher):
         procs = []
         for _ in range(n):
             index = len(self.started)
-            env = service_env(
-                self._bootstrap,
-                topics,
-                WAITROOM_TICKETING_PORT=str(free_port()),
-                WAITROOM_TICKETING_ADMIN_TOKEN=ADMIN_TOKEN,
-                WAITROOM_TICKETING_TICKET_SECRET=TICKET_SECRET,
-                WAITROOM_TICKETING_JWT_KEYS_DIR=str(self._keys_dir),
-                WAITROOM_TICKETING_JOIN_RATE_PER_IP="0",
-                WAITROOM_TICKETING_JOIN_WAIT_S="10",
-                **extra,
-            )
+            port, admin_port = free_ports(2)
+            # The public and the admin listener each on a free port; ``extra`` may override any
+            # of these (a test of the rate limit sets its own rate).
+            defaults = {
+                "WAITROOM_TICKETING_PORT": str(port),
+                "WAITROOM_TICKETING_ADMIN_PORT": str(admin_port),
+                "WAITROOM_TICKETING_ADMIN_TOKEN": ADMIN_TOKEN,
+                "WAITROOM_TICKETING_TICKET_SECRET": TICKET_SECRET,
+                "WAITROOM_TICKETING_JWT_KEYS_DIR": str(self._keys_dir),
+                "WAITROOM_TICKETING_JOIN_RATE_PER_IP": "0",
+                "WAITROOM_TICKETING_JOIN_WAIT_S": "10",
+            }
+            env = service_env(self._bootstrap, topics, **{**defaults, **extra})
             log = self._log_dir / f"ticketing-{index}.log"
             proc = TicketingProcess(f"ticketing-{index}", "waitroom_ticketing", env, log)
             proc.ready_url = proc.url + "/readyz"

@@ -75,7 +75,7 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics_and_
     services: dict[str, ServiceProcess] = {"ticketing": api, "reaper": reaper, "stats": stats, "notifier": notifier}
 
     async with httpx.AsyncClient(timeout=5) as http:
-        await create_room(http, api.url, "probed", capacity=2)
+        await create_room(http, api.admin_url, "probed", capacity=2)
         assert (await http.post(f"{api.url}/v1/rooms/probed/tickets")).status_code == 201
 
         async def answers(name: str, path: str) -> httpx.Response | None:

@@ -380,7 +380,7 @@ async def test_a_waiting_ticket_in_a_steadily_admitting_room_waits_within_20_per
     launch_stats(topics)
     pace_s = 0.5  # the admitted visitor leaves (and the next is admitted) every half second
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, api.url, "steady", capacity=1)
+        await create_room(http, api.admin_url, "steady", capacity=1)
         responses = await asyncio.gather(*(http.post(f"{api.url}/v1/rooms/steady/tickets") for _ in range(70)))
         assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
         tickets = sorted((r.json() for r in responses), key=lambda t: t["queue_no"])
@@ -411,8 +411,8 @@ async def test_a_waiting_ticket_in_a_steadily_admitting_room_waits_within_20_per
         actual = time.monotonic() - estimated_at
         leaving.cancel()
         room = (await http.get(f"{api.url}/v1/rooms/steady")).json()
-        admin_stats = await http.get(f"{api.url}/v1/admin/rooms/steady/stats", headers=admin_headers())
-        unknown = await http.get(f"{api.url}/v1/admin/rooms/nowhere/stats", headers=admin_headers())
+        admin_stats = await http.get(f"{api.admin_url}/v1/admin/rooms/steady/stats", headers=admin_headers())
+        unknown = await http.get(f"{api.admin_url}/v1/admin/rooms/nowhere/stats", headers=admin_headers())
 
     assert abs(view["estimated_wait_s"] - actual) <= 0.2 * actual, (view, actual)
     assert room["estimated_wait_s"] is not None

@@ -29,7 +29,7 @@ async def test_500_concurrent_joins_through_two_processes_get_numbers_1_to_500_a
     a, b = launch_ticketing(topics, n=2)
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        await create_room(http, a.url, "surge", capacity=5)
+        await create_room(http, a.admin_url, "surge", capacity=5)
         await wait_room_visible(http, b.url, "surge")
         responses = await asyncio.gather(*(_join(http, (a, b)[i % 2].url, "surge") for i in range(500)))
         assert {r.status_code for r in responses} <= {201, 202}, [r.text for r in responses if r.status_code >= 300]
@@ -53,7 +53,7 @@ async def test_a_sequencer_killed_mid_burst_loses_no_acknowledged_join_and_appli
     a, b = launch_ticketing(topics, n=2)
     acked: dict[str, dict[str, Any]] = {}
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, a.url, "crash", capacity=3)
+        await create_room(http, a.admin_url, "crash", capacity=3)
         await wait_room_visible(http, b.url, "crash")
 
         async def joiner(base: str, count: int) -> None:
@@ -94,7 +94,7 @@ async def test_a_leave_admits_the_next_waiting_ticket_within_a_second_and_capaci
     (svc,) = launch_ticketing(topics)
     over_capacity: list[dict[str, Any]] = []
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, svc.url, "lobby", capacity=2)
+        await create_room(http, svc.admin_url, "lobby", capacity=2)
         tickets = [(await _join(http, svc.url, "lobby")).json() for _ in range(6)]
         assert [t["state"] for t in tickets] == ["admitted", "admitted"] + ["waiting"] * 4
         sampling = True
@@ -132,9 +132,9 @@ async def test_tokens_idempotency_and_bad_input_get_clear_4xx_answers(
     topics: TopicRegistry, launch_ticketing: Any, kafka_bootstrap: str
 ) -> None:
     (svc,) = launch_ticketing(topics)
-    base = svc.url
+    base, admin = svc.url, svc.admin_url
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, base, "gate", capacity=1)
+        await create_room(http, admin, "gate", capacity=1)
         first = await _join(http, base, "gate", **{"Idempotency-Key": "retry-key-0001"})
         replay = await _join(http, base, "gate", **{"Idempotency-Key": "retry-key-0001"})
         assert first.status_code == 201 and replay.status_code == 200
@@ -160,16 +160,16 @@ async def test_tokens_idempotency_and_bad_input_get_clear_4xx_answers(
                 "ticket_not_found",
             ),
             ("leave without token", await http.delete(url), 401, "unauthorized"),
-            ("admin without token", await http.get(f"{base}/v1/admin/rooms"), 401, "unauthorized"),
+            ("admin without token", await http.get(f"{admin}/v1/admin/rooms"), 401, "unauthorized"),
             (
                 "admin wrong token",
-                await http.get(f"{base}/v1/admin/rooms", headers=admin_headers("nope")),
+                await http.get(f"{admin}/v1/admin/rooms", headers=admin_headers("nope")),
                 403,
                 "forbidden",
             ),
             (
                 "admin PUT wrong token",
-                await http.put(f"{base}/v1/admin/rooms/x", json={"capacity": 1}, headers=admin_headers("nope")),
+                await http.put(f"{admin}/v1/admin/rooms/x", json={"capacity": 1}, headers=admin_headers("nope")),
                 403,
                 "forbidden",
             ),
@@ -188,7 +188,7 @@ async def test_tokens_idempotency_and_bad_input_get_clear_4xx_answers(
                 "invalid_request",
             ),
         ]
-        admin_url = f"{base}/v1/admin/rooms/gate"
+        admin_url = f"{admin}/v1/admin/rooms/gate"
         for name, body in [
             ("negative capacity", {"capacity": -1}),
             ("capacity as string", {"capacity": "5"}),
@@ -201,7 +201,7 @@ async def test_tokens_idempotency_and_bad_input_get_clear_4xx_answers(
         checks.append(
             (
                 "new room without capacity",
-                await http.put(f"{base}/v1/admin/rooms/fresh", json={"paused": True}, headers=admin_headers()),
+                await http.put(f"{admin}/v1/admin/rooms/fresh", json={"paused": True}, headers=admin_headers()),
                 422,
                 "invalid_config",
             )
@@ -245,7 +245,7 @@ async def test_tokens_idempotency_and_bad_input_get_clear_4xx_answers(
 async def test_the_entry_token_verifies_against_the_served_jwks(topics: TopicRegistry, launch_ticketing: Any) -> None:
     (svc,) = launch_ticketing(topics)
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, svc.url, "shop", capacity=1, target_url="https://shop.example/")
+        await create_room(http, svc.admin_url, "shop", capacity=1, target_url="https://shop.example/")
         admitted = (await _join(http, svc.url, "shop")).json()
         waiting = (await _join(http, svc.url, "shop")).json()
         beat = (

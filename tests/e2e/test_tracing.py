@@ -127,7 +127,7 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
         proc.wait_ready(90)
 
     async with httpx.AsyncClient(timeout=10) as http:
-        await create_room(http, api.url, room, capacity=1, heartbeat_timeout_s=3, heartbeat_interval_s=1)
+        await create_room(http, api.admin_url, room, capacity=1, heartbeat_timeout_s=3, heartbeat_interval_s=1)
         joined = await http.post(f"{api.url}/v1/rooms/{room}/tickets")
         assert joined.status_code == 201, joined.text
         ticket = joined.json()
@@ -146,7 +146,7 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
         while not await gone():
             assert time.monotonic() < deadline, "the silent ticket was never expired"
             await asyncio.sleep(0.2)
-        assert (await http.get(f"{api.url}/v1/admin/rooms/{room}", headers=admin_headers())).status_code == 200
+        assert (await http.get(f"{api.admin_url}/v1/admin/rooms/{room}", headers=admin_headers())).status_code == 200
 
     spans_of = receiver.store.find_spans
 

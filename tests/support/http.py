@@ -19,8 +19,9 @@ def bearer(ticket_token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {ticket_token}"}
 
 
-async def create_room(http: httpx.AsyncClient, base: str, room_id: str, **config: Any) -> dict[str, Any]:
-    response = await http.put(f"{base}/v1/admin/rooms/{room_id}", json=config, headers=admin_headers())
+async def create_room(http: httpx.AsyncClient, admin_url: str, room_id: str, **config: Any) -> dict[str, Any]:
+    """Create or reconfigure a room through the admin listener (``TicketingProcess.admin_url``)."""
+    response = await http.put(f"{admin_url}/v1/admin/rooms/{room_id}", json=config, headers=admin_headers())
     assert response.status_code in (200, 201), response.text
     body: dict[str, Any] = response.json()
     return body

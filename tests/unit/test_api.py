@@ -1,11 +1,14 @@
 """The HTTP handlers with hand-written fakes: an in-memory sequencer behind a recording publisher.
 
-These check translation and error mapping; the real broker and processes are in tests/e2e.
+These check translation and error mapping, the split between the public and the admin app, the
+client address behind trusted proxies and the docs; the real broker and processes are in tests/e2e.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +24,8 @@ from waitroom_events.commands import Command
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import topic_registry
 from waitroom_platform.settings import KafkaSettings
-from waitroom_ticketing.api import Services, create_app
+from waitroom_ticketing.api import Services, create_admin_app, create_public_app
+from waitroom_ticketing.edge import TrustedProxies
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
@@ -75,13 +79,21 @@ async def api() -> Any:
         join_wait_s=0.2,
         publish_timeout_s=1.0,
     )
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-        yield SimpleNamespace(http=http, log=log, services=services)
+    public_app = create_public_app(services)
+    admin_app = create_admin_app(services, public_openapi=public_app.openapi)
+    public = httpx.ASGITransport(app=public_app)
+    admin = httpx.ASGITransport(app=admin_app)
+    async with (
+        httpx.AsyncClient(transport=public, base_url="http://api") as http,
+        httpx.AsyncClient(transport=admin, base_url="http://admin") as admin_http,
+    ):
+        yield SimpleNamespace(
+            http=http, admin=admin_http, log=log, services=services, public_app=public_app, admin_app=admin_app
+        )
 
 
 async def _room(api: Any, room_id: str = "r1", **config: Any) -> None:
-    response = await api.http.put(f"/v1/admin/rooms/{room_id}", json={"capacity": 1, **config}, headers=ADMIN)
+    response = await api.admin.put(f"/v1/admin/rooms/{room_id}", json={"capacity": 1, **config}, headers=ADMIN)
     assert response.status_code == 201, response.text
 
 
@@ -132,7 +144,7 @@ async def test_an_unknown_path_and_a_wrong_method_get_json_errors(api: Any) -> N
 
 async def test_reconfiguring_answers_200_and_publishes_only_the_changed_settings(api: Any) -> None:
     await _room(api)
-    response = await api.http.put("/v1/admin/rooms/r1", json={"paused": True}, headers=ADMIN)
+    response = await api.admin.put("/v1/admin/rooms/r1", json={"paused": True}, headers=ADMIN)
     assert response.status_code == 200
     assert response.json()["paused"] is True and response.json()["capacity"] == 1
     command = api.log.published[-1]
@@ -142,7 +154,9 @@ async def test_reconfiguring_answers_200_and_publishes_only_the_changed_settings
 async def test_a_manual_admit_publishes_the_command_and_admits_above_capacity_when_asked(api: Any) -> None:
     await _room(api)
     tickets = [(await api.http.post("/v1/rooms/r1/tickets")).json() for _ in range(3)]
-    admitted = await api.http.post("/v1/admin/rooms/r1/admit", json={"count": 2, "above_capacity": True}, headers=ADMIN)
+    admitted = await api.admin.post(
+        "/v1/admin/rooms/r1/admit", json={"count": 2, "above_capacity": True}, headers=ADMIN
+    )
     assert admitted.status_code == 202
     room = (await api.http.get("/v1/rooms/r1")).json()
     assert room["active"] == 3 and room["capacity"] == 1 and room["waiting"] == 0
@@ -153,10 +167,10 @@ async def test_admin_room_listing_shows_configuration_and_counters(api: Any) -> 
     await _room(api, "b-room", target_url="https://site.example/")
     await _room(api, "a-room")
     await api.http.post("/v1/rooms/a-room/tickets")
-    listing = (await api.http.get("/v1/admin/rooms", headers=ADMIN)).json()["rooms"]
+    listing = (await api.admin.get("/v1/admin/rooms", headers=ADMIN)).json()["rooms"]
     assert [r["room_id"] for r in listing] == ["a-room", "b-room"]
     assert listing[0]["active"] == 1 and listing[1]["target_url"] == "https://site.example/"
-    one = await api.http.get("/v1/admin/rooms/nope", headers=ADMIN)
+    one = await api.admin.get("/v1/admin/rooms/nope", headers=ADMIN)
     assert one.status_code == 404 and one.json()["error"] == "room_not_found"
 
 
@@ -176,3 +190,184 @@ async def test_the_waiting_page_carries_a_fresh_csp_nonce_and_embeds_the_room_sa
     assert missing.status_code == 404 and missing.json()["error"] == "room_not_found"
     malformed = await api.http.get("/wait/bad%20room!")
     assert malformed.status_code == 422 and malformed.json()["error"] == "invalid_request"
+
+
+# ---------------------------------------------------------------- two listeners
+
+
+async def test_admin_routes_are_not_on_the_public_app_and_visitor_routes_not_on_the_admin_app(api: Any) -> None:
+    await _room(api)
+    for method, path in [
+        ("GET", "/v1/admin/rooms"),
+        ("GET", "/v1/admin/rooms/r1"),
+        ("PUT", "/v1/admin/rooms/r1"),
+        ("POST", "/v1/admin/rooms/r1/admit"),
+        ("GET", "/v1/admin/rooms/r1/stats"),
+        ("GET", "/docs"),
+        ("GET", "/redoc"),
+    ]:
+        for headers in ({}, ADMIN):
+            response = await api.http.request(method, path, json={"capacity": 2}, headers=headers)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["error"] == "not_found", (method, path, response.text)
+    assert (await api.http.get("/v1/rooms/r1")).json()["capacity"] == 1, "the PUT on the public app changed nothing"
+    for path in ("/v1/rooms/r1", "/wait/r1", "/.well-known/jwks.json"):
+        response = await api.admin.get(path)
+        assert response.status_code == 404 and response.json()["error"] == "not_found", path
+    public_paths = set((await api.http.get("/openapi.json")).json()["paths"])
+    admin_paths = set((await api.admin.get("/openapi.json")).json()["paths"])
+    assert "/v1/rooms/{room_id}/tickets" in public_paths and not any(p.startswith("/v1/admin") for p in public_paths)
+    assert admin_paths and all(p.startswith("/v1/admin/") for p in admin_paths)
+
+
+async def test_admin_calls_need_the_admin_token_401_without_403_with_a_wrong_one(api: Any) -> None:
+    for headers, status, code in [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Bearer "}, 401, "unauthorized"),
+        ({"Authorization": "Basic YWRtaW46YWRtaW4="}, 401, "unauthorized"),
+        ({"Authorization": "Bearer not-the-admin-token"}, 403, "forbidden"),
+    ]:
+        response = await api.admin.get("/v1/admin/rooms", headers=headers)
+        assert response.status_code == status and response.json()["error"] == code, (headers, response.text)
+    assert (await api.admin.get("/v1/admin/rooms", headers=ADMIN)).status_code == 200
+    scheme = (await api.admin.get("/openapi.json")).json()["components"]["securitySchemes"]
+    assert [s["scheme"] for s in scheme.values()] == ["bearer"], "the admin docs offer the token ('Authorize')"
+
+
+# ---------------------------------------------------------------- docs without a CDN
+
+URL_ATTRIBUTE = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']*)["']""")
+FOREIGN = re.compile(r"https?://|//[a-z]|cdn\.|jsdelivr|unpkg|googleapis|tiangolo", re.IGNORECASE)
+
+
+async def test_no_page_either_app_serves_loads_anything_from_another_origin(api: Any) -> None:
+    await _room(api, "shop", target_url="https://site.example/")
+    pages = [(api.admin, path) for path in ("/docs", "/docs/public")] + [(api.http, "/wait/shop")]
+    for client, path in pages:
+        page = await client.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), path
+        urls = URL_ATTRIBUTE.findall(page.text)
+        assert urls, path
+        assert [u for u in urls if not u.startswith(("/", "#")) or u.startswith("//")] == [], (path, urls)
+        assert not FOREIGN.search(page.text.replace("https://site.example/", "")), (path, FOREIGN.findall(page.text))
+        csp = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "http" not in csp, (path, csp)
+        for url in urls:
+            if client is api.admin and url.startswith("/docs/"):
+                asset = await client.get(url)
+                assert asset.status_code == 200 and len(asset.content) > 100, url
+    swagger = (await api.admin.get("/docs")).text
+    assert "/docs/assets/swagger-ui-bundle.js" in swagger and "/docs/assets/swagger-ui.css" in swagger
+    assert '"validatorUrl": null' in swagger, "no validator badge fetched from swagger.io"
+    public_doc = await api.admin.get("/docs/public/openapi.json")
+    assert public_doc.json() == (await api.http.get("/openapi.json")).json()
+
+
+async def test_the_docs_can_be_switched_off_the_openapi_documents_stay(api: Any) -> None:
+    admin_app = create_admin_app(api.services, docs=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admin_app), base_url="http://admin") as http:
+        for path in ("/docs", "/docs/public", "/docs/assets/swagger-ui-bundle.js"):
+            assert (await http.get(path)).status_code == 404, path
+        assert (await http.get("/openapi.json")).status_code == 200
+        assert (await http.get("/v1/admin/rooms", headers=ADMIN)).status_code == 200
+    assert (await api.http.get("/openapi.json")).status_code == 200
+
+
+# ---------------------------------------------------------------- clients behind proxies
+
+
+def _client(api: Any, peer: str) -> httpx.AsyncClient:
+    """A client whose TCP peer address (as the server sees it) is ``peer``."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api.public_app, client=(peer, 40000)), base_url="http://api"
+    )
+
+
+async def _codes(http: httpx.AsyncClient, n: int, forwarded: str | Sequence[str | bytes] | None = None) -> list[int]:
+    codes = []
+    for i in range(n):
+        value = forwarded if forwarded is None or isinstance(forwarded, str) else forwarded[i]
+        headers = {} if value is None else {"X-Forwarded-For": value}
+        codes.append((await http.post("/v1/rooms/r1/tickets", headers=headers)).status_code)
+    return codes
+
+
+async def test_forwarded_clients_behind_a_trusted_proxy_each_get_their_own_bucket(api: Any) -> None:
+    await _room(api, capacity=1000)
+    api.services.limiter = RateLimiter(rate_per_s=0.001, burst=3)
+    api.services.proxies = TrustedProxies.parse(["10.0.0.0/8"])
+    async with _client(api, "10.1.2.3") as ingress:
+        # Six visitors behind one ingress: 18 joins, where one shared bucket would refuse 15 of them.
+        codes = [await _codes(ingress, 3, f"198.51.100.{n}") for n in range(1, 7)]
+        assert codes == [[201, 201, 201]] * 6
+        assert await _codes(ingress, 1, "198.51.100.1") == [429], "each one still has its own limit"
+        # The ingress also keeps its own bucket for requests it makes itself (no header).
+        assert await _codes(ingress, 4) == [201, 201, 201, 429]
+
+
+async def test_a_chain_of_trusted_proxies_is_walked_from_the_right_and_a_spoofed_left_part_changes_nothing(
+    api: Any,
+) -> None:
+    await _room(api, capacity=1000)
+    api.services.limiter = RateLimiter(rate_per_s=0.001, burst=3)
+    api.services.proxies = TrustedProxies.parse(["10.0.0.0/8", "192.0.2.10"])
+    async with _client(api, "10.0.0.2") as proxy:
+        # The visitor writes whatever it likes on the left; the proxies append the real address.
+        spoofed = [f"203.0.113.{n}, 198.51.100.77, 192.0.2.10" for n in range(5)]
+        assert await _codes(proxy, 5, spoofed) == [201, 201, 201, 429, 429]
+        # The same visitor seen through two header lines is the same client.
+        lines = await proxy.post(
+            "/v1/rooms/r1/tickets", headers=[("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-For", "198.51.100.77")]
+        )
+        assert lines.status_code == 429
+        assert await _codes(proxy, 1, "203.0.113.1, 198.51.100.78, 192.0.2.10") == [201]
+
+
+async def test_an_untrusted_peers_forwarded_header_is_ignored(api: Any) -> None:
+    await _room(api, capacity=1000)
+    api.services.limiter = RateLimiter(rate_per_s=0.001, burst=3)
+    # Nothing trusted (the default): not even a proxy on localhost may name the client.
+    async with _client(api, "127.0.0.1") as local:
+        assert await _codes(local, 5, [f"198.51.100.{n}" for n in range(5)]) == [201, 201, 201, 429, 429]
+    api.services.proxies = TrustedProxies.parse(["10.0.0.0/8"])
+    async with _client(api, "203.0.113.50") as outsider:
+        spoofed = [f"10.0.0.{n}, 198.51.100.{n}" for n in range(5)]
+        assert await _codes(outsider, 5, spoofed) == [201, 201, 201, 429, 429]
+
+
+async def test_ipv6_clients_share_a_bucket_per_64(api: Any) -> None:
+    await _room(api, capacity=1000)
+    api.services.limiter = RateLimiter(rate_per_s=0.001, burst=3)
+    api.services.proxies = TrustedProxies.parse(["fd00::/8"])
+    async with _client(api, "fd00::1") as ingress:
+        same_64 = [f"2001:db8:1:2::{n:x}" for n in range(1, 5)] + ["2001:db8:1:2:ffff:ffff:ffff:ffff"]
+        assert await _codes(ingress, 5, same_64) == [201, 201, 201, 429, 429]
+        assert await _codes(ingress, 3, "2001:db8:1:3::1") == [201, 201, 201], "the next /64 is another client"
+    async with _client(api, "2001:db8:9:9::1") as direct, _client(api, "2001:db8:9:9:abcd::2") as neighbour:
+        assert await _codes(direct, 3) == [201, 201, 201]
+        assert await _codes(neighbour, 1) == [429], "a peer's /64 is one client too"
+
+
+async def test_malformed_forwarded_entries_are_ignored_safely(api: Any) -> None:
+    await _room(api, capacity=1000)
+    api.services.limiter = RateLimiter(rate_per_s=0.001, burst=3)
+    api.services.proxies = TrustedProxies.parse(["10.0.0.0/8"])
+    junk: list[str | bytes] = [
+        "not-an-address",
+        "198.51.100.1, unknown",
+        "999.1.1.1",
+        "[2001:db8::1",
+        "198.51.100.2, ",
+        ",,,",
+        b"\xe9\xe9\xe9",  # not ASCII
+        "198.51.100.3:notaport",
+        "x" * 4000,
+    ]
+    async with _client(api, "10.9.9.9") as ingress:
+        codes = await _codes(ingress, len(junk), junk)
+    # Never a 500; a hop that is not an address stops the walk at the proxy that passed it on, so
+    # all of these count against that proxy's one bucket, never against an address to its left.
+    assert codes == [201, 201, 201] + [429] * (len(junk) - 3)
+    async with _client(api, "10.9.9.9") as ingress:
+        ok = await _codes(ingress, 1, "198.51.100.9:443, [2001:db8::7]:8443")
+    assert ok == [201], "addresses with ports are addresses"
