@@ -125,7 +125,9 @@ async def test_two_of_three_tickets_stop_heartbeating_and_are_expired_within_the
     launch_reaper(topics)
     (svc,) = launch_ticketing(topics)
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, svc.url, "gig", capacity=3, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        await create_room(
+            http, svc.admin_url, "gig", capacity=3, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0
+        )
         tickets = [await join(http, svc.url, "gig") for _ in range(5)]
         assert [t["state"] for t in tickets] == ["admitted"] * 3 + ["waiting"] * 2
         visitors = Visitors(http, svc.url, interval_s=0.5)
@@ -165,7 +167,9 @@ async def test_a_silent_waiting_ticket_is_expired_and_the_positions_behind_it_dr
     launch_reaper(topics)
     (svc,) = launch_ticketing(topics)
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, svc.url, "line", capacity=1, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        await create_room(
+            http, svc.admin_url, "line", capacity=1, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0
+        )
         first, quiet, *behind = [await join(http, svc.url, "line") for _ in range(4)]
         assert [t["position"] for t in behind] == [1, 2]
         visitors = Visitors(http, svc.url, interval_s=0.5)
@@ -236,7 +240,9 @@ async def test_a_reaper_killed_with_200_live_tickets_expires_none_that_kept_hear
         httpx.AsyncClient(timeout=60, limits=limits) as http,
         HeartbeatPump(kafka_bootstrap, topics.heartbeats.name, interval_s=1.0) as pump,
     ):
-        await create_room(http, svc.url, "crowd", capacity=50, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        await create_room(
+            http, svc.admin_url, "crowd", capacity=50, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0
+        )
         tickets = []
 
         def beat(ticket_id: str) -> None:
@@ -313,7 +319,9 @@ async def test_malformed_records_on_the_delay_and_heartbeat_topics_are_dead_lett
         await producer.stop()
 
     async with httpx.AsyncClient(timeout=30) as http:
-        await create_room(http, svc.url, "after", capacity=1, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0)
+        await create_room(
+            http, svc.admin_url, "after", capacity=1, heartbeat_timeout_s=timeout_s, heartbeat_interval_s=1.0
+        )
         ticket = await join(http, svc.url, "after")
         await wait_for_state(http, svc.url, ticket, "expired", timeout=timeout_s + 5)
 
