@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from e2e.conftest import Launcher, service_env
 from support.http import bearer, create_room, settle, ticket_status
 from support.kafka_log import read_topic
+from support.waiting import eventually
 
 from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.codec import encode
@@ -59,6 +60,7 @@ class Visitors:
         self.interval_s = interval_s
         self.last_sent: dict[str, float] = {}
         self.refused: dict[str, int] = {}
+        self.accepted: dict[str, int] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, ticket: dict[str, Any]) -> None:
@@ -81,6 +83,7 @@ class Visitors:
             response = await self.http.post(url, headers=bearer(ticket["ticket_token"]))
             if response.status_code == 200:
                 self.last_sent[ticket["ticket_id"]] = sent
+                self.accepted[ticket["ticket_id"]] = self.accepted.get(ticket["ticket_id"], 0) + 1
             else:
                 self.refused[ticket["ticket_id"]] = response.status_code
             await asyncio.sleep(self.interval_s)
@@ -133,7 +136,9 @@ async def test_two_of_three_tickets_stop_heartbeating_and_are_expired_within_the
         visitors = Visitors(http, svc.url, interval_s=0.5)
         for ticket in tickets:
             visitors.start(ticket)
-        await asyncio.sleep(1.5)  # a few heartbeats each
+        await eventually(
+            lambda: all(visitors.accepted.get(t["ticket_id"], 0) >= 3 for t in tickets), 10, "a few heartbeats each"
+        )
         silent, staying, next_in_line = tickets[:2], tickets[2], tickets[3:]
         for ticket in silent:
             visitors.stop(ticket)
@@ -326,14 +331,23 @@ async def test_malformed_records_on_the_delay_and_heartbeat_topics_are_dead_lett
         await wait_for_state(http, svc.url, ticket, "expired", timeout=timeout_s + 5)
 
     partitions = topics.reaper_delay.partitions
-    deadline = time.monotonic() + 15
-    while True:
-        delay_dlq = await raw_records(kafka_bootstrap, dlq_name(topics.reaper_delay.name))
-        beats_dlq = await raw_records(kafka_bootstrap, dlq_name(topics.heartbeats.name))
-        if len(delay_dlq) >= partitions and len(beats_dlq) >= partitions or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+    delay_dlq = await eventually(
+        lambda: _at_least(raw_records(kafka_bootstrap, dlq_name(topics.reaper_delay.name)), partitions),
+        15,
+        "a dead letter per partition of the delay topic",
+    )
+    beats_dlq = await eventually(
+        lambda: _at_least(raw_records(kafka_bootstrap, dlq_name(topics.heartbeats.name)), partitions),
+        15,
+        "a dead letter per partition of the heartbeats",
+    )
     assert sorted(r.value for r in delay_dlq) == [b"{not json"] * partitions
     assert len(beats_dlq) == partitions
     assert all(dict(r.headers).get("waitroom-error") for r in delay_dlq + beats_dlq)
     assert reaper.alive()
+
+
+async def _at_least(records: Any, count: int) -> Any:
+    """The records once there are ``count`` of them, else None (for ``eventually``)."""
+    found = await records
+    return found if len(found) >= count else None
