@@ -6,6 +6,7 @@ it. Validators refuse unsafe defaults (a development secret) outside development
 
 from __future__ import annotations
 
+import ssl
 from enum import StrEnum
 
 from pydantic import Field, SecretStr, field_validator
@@ -52,7 +53,7 @@ class KafkaSettings(BaseSettings):
     def sasl_secret(self) -> str | None:
         return self.sasl_password.get_secret_value() if self.sasl_password else None
 
-    def ssl_context(self) -> object | None:
+    def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for ``SSL`` and ``SASL_SSL`` (the CA bundle from ``KAFKA_SSL_CAFILE``), else None."""
         if not self.security_protocol.endswith("SSL"):
             return None

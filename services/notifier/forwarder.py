@@ -42,7 +42,10 @@ Record: TypeAlias = ConsumerRecord[Any, Any]
 
 class Handler(Protocol):
     name: str
-    accepts: tuple[type[Message], ...]
+
+    @property
+    def accepts(self) -> tuple[type[Message], ...]: ...
+
     #: records per commit: 1 for alerts, any number for metrics
     chunk_size: int
 

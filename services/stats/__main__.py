@@ -84,7 +84,7 @@ class StatsWorker(Component):
         if self._worker is None or self._stats is None:
             return False
         app = self._stats.app
-        recovered: bool = app.tables.recovery.completed.is_set()
+        recovered: bool = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
         return recovered and not app.rebalancing
 
 
