@@ -197,14 +197,14 @@ def _say(text: str) -> None:
 
 
 def ensure_signing_key(keys_dir: Path) -> None:
-    """One RSA key for entry tokens, made once, so tokens stay valid across restarts of the stack."""
+    """One P-256 key for entry tokens (ES256), made once, so tokens stay valid across restarts of the stack."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     keys_dir.mkdir(parents=True, exist_ok=True)
     if any(keys_dir.glob("*.pem")):
         return
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = ec.generate_private_key(ec.SECP256R1())
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -55,6 +55,8 @@ def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
             str(data_dir),
             "--port",
             str(port),
+            "--admin-port",
+            str(free_port()),
             "--partitions",
             "3",
         ],
