@@ -35,7 +35,12 @@ class TicketTokens:
         return _b64(hmac.new(self._key, f"ticket\x00{room_id}\x00{ticket_id}".encode(), hashlib.sha256).digest())
 
     def verify(self, room_id: str, ticket_id: str, token: str) -> bool:
-        return hmac.compare_digest(self.token_for(room_id, ticket_id), token)
+        """Whether ``token`` is the ticket's; any other text (non-ASCII included) is simply not."""
+        try:
+            provided = token.encode("ascii")
+        except UnicodeEncodeError:
+            return False  # a real token is base64url: compare_digest would raise on such a str
+        return hmac.compare_digest(self.token_for(room_id, ticket_id).encode(), provided)
 
     def ticket_id_for_key(self, room_id: str, idempotency_key: str) -> str:
         """A retry with the same Idempotency-Key names the same ticket, on any replica."""

@@ -371,3 +371,15 @@ async def test_malformed_forwarded_entries_are_ignored_safely(api: Any) -> None:
     async with _client(api, "10.9.9.9") as ingress:
         ok = await _codes(ingress, 1, "198.51.100.9:443, [2001:db8::7]:8443")
     assert ok == [201], "addresses with ports are addresses"
+
+
+@pytest.mark.parametrize("token", [b"\xff\xfe", "tök".encode("latin-1"), b"a b", b"x" * 5000])
+async def test_a_malformed_ticket_token_answers_401_or_404_with_a_code_never_500(api: Any, token: bytes) -> None:
+    await _room(api, capacity=1)
+    ticket = (await api.http.post("/v1/rooms/r1/tickets")).json()
+    path = f"/v1/rooms/r1/tickets/{ticket['ticket_id']}"
+    headers = [(b"authorization", b"Bearer " + token)]
+    for method, url in (("GET", path), ("POST", f"{path}/heartbeat"), ("DELETE", path)):
+        response = await api.http.request(method, url, headers=headers)
+        assert response.status_code in (401, 404), (method, response.status_code, response.text)
+        assert response.json()["error"] in ("unauthorized", "ticket_not_found")
