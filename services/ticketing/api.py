@@ -25,6 +25,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from waitroom_core.room import InvalidCommand, RoomConfig, RoomState, Ticket, TicketState, configured
 from waitroom_events.base import Message
@@ -418,7 +420,10 @@ def create_public_app(services: Services) -> FastAPI:
         description="The visitors' API. The admin API and the docs are on the admin listener.",
         docs_url=None,
         redoc_url=None,
+        # The automatic trailing-slash redirect builds its Location from the Host header.
+        redirect_slashes=False,
     )
+    app.add_middleware(HeadAsGet)
     app.state.services = services
     app.include_router(public)
 
@@ -446,13 +451,37 @@ def create_admin_app(
         description="Operators' API: create, configure and admit. Every call needs the admin token.",
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,
     )
+    app.add_middleware(HeadAsGet)
     app.state.services = services
     app.include_router(admin)
     if docs:
         mount_docs(app, public_openapi or create_public_app(services).openapi)
     _install_error_handlers(app)
     return app
+
+
+class HeadAsGet:
+    """HEAD is answered wherever GET is (RFC 9110): the GET route runs, its body is not sent.
+
+    FastAPI's routes take only the methods they declare, so HEAD would otherwise be 405.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: AsgiMessage) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

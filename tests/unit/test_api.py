@@ -383,3 +383,20 @@ async def test_a_malformed_ticket_token_answers_401_or_404_with_a_code_never_500
         response = await api.http.request(method, url, headers=headers)
         assert response.status_code in (401, 404), (method, response.status_code, response.text)
         assert response.json()["error"] in ("unauthorized", "ticket_not_found")
+
+
+async def test_head_is_answered_wherever_get_is_without_a_body(api: Any) -> None:
+    await _room(api, capacity=1)
+    got = await api.http.get("/v1/rooms/r1")
+    head = await api.http.head("/v1/rooms/r1")
+    assert head.status_code == got.status_code == 200
+    assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+    assert (await api.http.head("/.well-known/jwks.json")).status_code == 200
+    assert (await api.admin.head("/v1/admin/rooms", headers=ADMIN)).status_code == 200
+
+
+async def test_a_trailing_slash_is_not_redirected_to_a_url_built_from_the_host_header(api: Any) -> None:
+    await _room(api, capacity=1)
+    response = await api.http.get("/v1/rooms/r1/", headers={"Host": "evil.example"})
+    assert response.status_code == 404 and "location" not in response.headers
+    assert response.json()["error"] == "not_found"
