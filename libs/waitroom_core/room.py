@@ -13,6 +13,7 @@ free slot. So admission is always of the oldest live waiting tickets, in ``queue
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -41,6 +42,8 @@ MAX_CAPACITY = 10_000_000
 MAX_ADMIT_COUNT = 100_000
 MAX_TIMEOUT_S = 3600.0
 MIN_TIMEOUT_S = 1.0
+#: below this a room asks every visitor for a request more often than twice a second
+MIN_INTERVAL_S = 0.5
 
 
 class InvalidCommand(ValueError):
@@ -240,8 +243,21 @@ def validate_config(config: RoomConfig) -> None:
         raise InvalidCommand(f"capacity must be between 0 and {MAX_CAPACITY}")
     if not MIN_TIMEOUT_S <= config.heartbeat_timeout_s <= MAX_TIMEOUT_S:
         raise InvalidCommand(f"heartbeat_timeout_s must be between {MIN_TIMEOUT_S} and {MAX_TIMEOUT_S}")
-    if not 0 < config.heartbeat_interval_s < config.heartbeat_timeout_s:
-        raise InvalidCommand("heartbeat_interval_s must be above 0 and below heartbeat_timeout_s")
+    if not MIN_INTERVAL_S <= config.heartbeat_interval_s < config.heartbeat_timeout_s:
+        raise InvalidCommand(f"heartbeat_interval_s must be at least {MIN_INTERVAL_S} and below heartbeat_timeout_s")
+    if config.target_url is not None and not is_absolute_http_url(config.target_url):
+        raise InvalidCommand("target_url must be an absolute http(s) URL with a host")
+
+
+def is_absolute_http_url(url: str) -> bool:
+    """``http(s)://host[:port]/...`` that a browser can follow (``http://[`` is not)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # a port that is not a number is refused here
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(host) and not any(c.isspace() for c in url)
 
 
 def _decide_admit(state: RoomState, command: AdmitRequested, now: float) -> list[RoomEvent]:

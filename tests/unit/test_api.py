@@ -400,3 +400,21 @@ async def test_a_trailing_slash_is_not_redirected_to_a_url_built_from_the_host_h
     response = await api.http.get("/v1/rooms/r1/", headers={"Host": "evil.example"})
     assert response.status_code == 404 and "location" not in response.headers
     assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"target_url": "http://["},
+        {"target_url": "https://"},
+        {"heartbeat_interval_s": 5e-324},
+        {"heartbeat_interval_s": 0.4},
+    ],
+)
+async def test_a_room_configuration_a_visitor_could_not_use_answers_422_with_a_code(
+    api: Any, config: dict[str, Any]
+) -> None:
+    response = await api.admin.put("/v1/admin/rooms/r9", json={"capacity": 1, **config}, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] in ("invalid_config", "invalid_request")
+    assert (await api.http.get("/v1/rooms/r9")).status_code == 404  # nothing was created
