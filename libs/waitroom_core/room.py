@@ -13,9 +13,9 @@ free slot. So admission is always of the oldest live waiting tickets, in ``queue
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from waitroom_core.fenwick import Fenwick
 from waitroom_events.commands import (
