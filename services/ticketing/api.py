@@ -323,6 +323,15 @@ async def leave(
         await svc.publish(
             svc.topics.commands.name, LeaveRequested(room_id=room_id, ticket_id=ticket_id, requested_at=svc.clock())
         )
+
+        def gone() -> bool:
+            now = svc.read_model.ticket(room_id, ticket_id)
+            return now is not None and not now[1].state.live
+
+        # Read-your-writes: once 204 is sent, this replica no longer shows the ticket as live.
+        if not await svc.read_model.wait_until(gone, svc.join_wait_s):
+            log.warning("leave_not_applied_in_time", room_id=room_id, ticket_id=ticket_id)
+    svc.signer.forget(room_id, ticket_id)
     return Response(status_code=204)
 
 

@@ -6,6 +6,7 @@ client address behind trusted proxies and the docs; the real broker and processe
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ class FakeLog:
     rooms: dict[str, RoomState] = field(default_factory=dict)
     hold: bool = False
     down: bool = False
+    lag_s: float = 0.0
     offset: int = 0
 
     async def publish(self, topic: str, message: Message, **_: Any) -> None:
@@ -51,6 +53,12 @@ class FakeLog:
         self.published.append(message)
         if isinstance(message, Heartbeat) or self.hold:
             return
+        if self.lag_s:  # the log answers, and the read model sees the effect a little later
+            asyncio.get_running_loop().call_later(self.lag_s, self._sequence, message)
+            return
+        self._sequence(message)
+
+    def _sequence(self, message: Message) -> None:
         room = self.rooms.setdefault(message.room_id, RoomState(message.room_id))
         command: Command = message  # type: ignore[assignment]
         events = decide(room, command, time.time())
@@ -418,3 +426,14 @@ async def test_a_room_configuration_a_visitor_could_not_use_answers_422_with_a_c
     assert response.status_code == 422, response.text
     assert response.json()["error"] in ("invalid_config", "invalid_request")
     assert (await api.http.get("/v1/rooms/r9")).status_code == 404  # nothing was created
+
+
+async def test_status_right_after_a_leave_answers_410_on_the_replica_that_accepted_it(api: Any) -> None:
+    await _room(api, capacity=1)
+    ticket = (await api.http.post("/v1/rooms/r1/tickets")).json()
+    path = f"/v1/rooms/r1/tickets/{ticket['ticket_id']}"
+    auth = {"Authorization": f"Bearer {ticket['ticket_token']}"}
+    api.log.lag_s = 0.05
+    assert (await api.http.delete(path, headers=auth)).status_code == 204
+    after = await api.http.get(path, headers=auth)
+    assert after.status_code == 410 and after.json()["error"] == "ticket_left"
