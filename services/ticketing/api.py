@@ -46,7 +46,10 @@ log = structlog.get_logger()
 
 ROOM_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 TICKET_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
-IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{8,128}$"
+#: a retry key is a bearer of the place in the queue: long enough not to be guessed (a UUID is)
+IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{16,128}$"
+#: and not a run of one character or two ("aaaaaaaaaaaaaaaa")
+IDEMPOTENCY_KEY_MIN_DISTINCT = 8
 
 RoomId = Annotated[str, Path(pattern=ROOM_ID, description="room id: letters, digits, . _ -; at most 64")]
 TicketId = Annotated[str, Path(pattern=TICKET_ID, description="ticket id (UUID)")]
@@ -267,11 +270,17 @@ async def join(
     room = svc.read_model.room(room_id)
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    if idempotency_key is not None and len(set(idempotency_key)) < IDEMPOTENCY_KEY_MIN_DISTINCT:
+        raise ApiError(
+            422, "invalid_idempotency_key", "an Idempotency-Key needs at least 16 characters of random text (a UUID)"
+        )
     ticket_id = svc.tickets.ticket_id_for_key(room_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
     _tag(room_id, ticket_id)
     ticket_token = svc.tickets.token_for(room_id, ticket_id)
     existing = room.tickets.get(ticket_id)
     if existing is not None:
+        if not existing.state.live:
+            raise _ended(existing)  # the key is spent with its ticket: a replay returns no token
         return JSONResponse(svc.ticket_view(room, existing, ticket_token=ticket_token), status_code=200)
     await svc.publish(
         svc.topics.commands.name,

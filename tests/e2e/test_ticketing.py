@@ -135,8 +135,8 @@ async def test_tokens_idempotency_and_bad_input_get_clear_4xx_answers(
     base, admin = svc.url, svc.admin_url
     async with httpx.AsyncClient(timeout=30) as http:
         await create_room(http, admin, "gate", capacity=1)
-        first = await _join(http, base, "gate", **{"Idempotency-Key": "retry-key-0001"})
-        replay = await _join(http, base, "gate", **{"Idempotency-Key": "retry-key-0001"})
+        first = await _join(http, base, "gate", **{"Idempotency-Key": "retry-key-0001-7f3a9c"})
+        replay = await _join(http, base, "gate", **{"Idempotency-Key": "retry-key-0001-7f3a9c"})
         assert first.status_code == 201 and replay.status_code == 200
         assert replay.json()["ticket_id"] == first.json()["ticket_id"]
         assert replay.json()["queue_no"] == first.json()["queue_no"] == 1

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaConnectionError
 from waitroom_core.room import RoomState, apply_all, decide
 from waitroom_events.base import Message
 from waitroom_events.codec import decode, encode
-from waitroom_events.commands import Command
+from waitroom_events.commands import Command, JoinRequested
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import topic_registry
 from waitroom_platform.settings import KafkaSettings
@@ -437,3 +437,25 @@ async def test_status_right_after_a_leave_answers_410_on_the_replica_that_accept
     assert (await api.http.delete(path, headers=auth)).status_code == 204
     after = await api.http.get(path, headers=auth)
     assert after.status_code == 410 and after.json()["error"] == "ticket_left"
+
+
+@pytest.mark.parametrize("key", ["short-key-1", "aaaaaaaaaaaaaaaaaaaa", "abababababababababab"])
+async def test_a_guessable_idempotency_key_is_refused_with_a_code(api: Any, key: str) -> None:
+    await _room(api, capacity=1)
+    response = await api.http.post("/v1/rooms/r1/tickets", headers={"Idempotency-Key": key})
+    assert response.status_code == 422
+    assert response.json()["error"] in ("invalid_request", "invalid_idempotency_key")
+    assert not [m for m in api.log.published if isinstance(m, JoinRequested)], "nothing may be published"
+
+
+async def test_a_replay_after_the_ticket_ended_answers_410_and_hands_out_no_token(api: Any) -> None:
+    await _room(api, capacity=1)
+    key = {"Idempotency-Key": "3f1c9e2a-5b7d-4c8e-9a6f-0d2b4e6a8c1f"}
+    ticket = (await api.http.post("/v1/rooms/r1/tickets", headers=key)).json()
+    replay = await api.http.post("/v1/rooms/r1/tickets", headers=key)
+    assert replay.status_code == 200 and replay.json()["ticket_id"] == ticket["ticket_id"]
+    auth = {"Authorization": f"Bearer {ticket['ticket_token']}"}
+    assert (await api.http.delete(f"/v1/rooms/r1/tickets/{ticket['ticket_id']}", headers=auth)).status_code == 204
+    after = await api.http.post("/v1/rooms/r1/tickets", headers=key)
+    assert after.status_code == 410 and after.json()["error"] == "ticket_left"
+    assert "ticket_token" not in after.text
