@@ -5,7 +5,7 @@
 PYTHON ?= python3
 STAMP := .cache/installed.stamp
 
-.PHONY: dev test lint unit browser install images clean
+.PHONY: dev test lint unit browser install images containers clean
 
 install: $(STAMP)
 
@@ -25,9 +25,9 @@ lint: install
 	lint-imports
 
 unit: install
-	$(PYTHON) -m pytest -m "not integration and not e2e and not browser"
+	$(PYTHON) -m pytest -m "not integration and not e2e and not browser and not containers"
 
-test: lint browser
+test: lint browser containers
 	$(PYTHON) -m pytest
 
 # The browser tests drive Debian's Chromium through Playwright (no browser download).
@@ -39,6 +39,14 @@ browser:
 # ~/.cache/waitroom/images and podman's storage. Needs root the first time (apt, debootstrap).
 images: install
 	images/build.sh
+
+# What the container tests (tests/containers) run: the app, Kafka and moto images, built (cached) by
+# the same script, which first installs podman, runc and debootstrap with apt where they are missing.
+# Only a non-root user without podman gets no images (and those tests are skipped, saying why).
+containers: install
+	@if [ "$$(id -u)" != 0 ] && ! command -v podman >/dev/null; then \
+	  echo "containers: podman is not installed and this is not root: the container tests will be skipped"; \
+	else images/build.sh all; fi
 
 clean:
 	rm -rf .cache var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

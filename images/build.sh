@@ -3,6 +3,7 @@
 #
 #   localhost/waitroom:<version>        every service (python -m waitroom_ticketing|reaper|stats|notifier)
 #   localhost/waitroom-kafka:<kafka>    a single-node KRaft Apache Kafka
+#   localhost/waitroom-moto:<moto>      moto's server (fake AWS), for the container tests only (`moto`)
 #
 # Their bases are root filesystems made with debootstrap from the Debian mirror apt uses here and
 # imported with `podman import`; both are cached under $WAITROOM_CACHE_DIR/images (the rootfs
@@ -10,12 +11,20 @@
 # the first run is slow. Where a registry can be pulled from, WAITROOM_BASE / WAITROOM_KAFKA_BASE
 # name other bases (e.g. python:3.11-slim, eclipse-temurin:17-jre) and debootstrap is skipped.
 #
-# Usage: images/build.sh [app|kafka|all]   (default all; see docs/images.md)
+# Usage: images/build.sh [app|kafka|moto|all]...   (default: app kafka; all: the three; see docs/images.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
-what=${1:-all}
-case $what in app | kafka | all) ;; *) echo "usage: $0 [app|kafka|all]" >&2; exit 2 ;; esac
+targets=()
+for what in "${@:-app kafka}"; do
+  for one in $what; do
+    case $one in
+      app | kafka | moto) targets+=("$one") ;;
+      all) targets+=(app kafka moto) ;;
+      *) echo "usage: $0 [app|kafka|moto|all]..." >&2; exit 2 ;;
+    esac
+  done
+done
 
 CACHE_DIR=${WAITROOM_CACHE_DIR:-$HOME/.cache/waitroom}
 IMAGES_CACHE=$CACHE_DIR/images
@@ -24,6 +33,9 @@ KAFKA_VERSION=3.9.1
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
 APP_IMAGE=${WAITROOM_APP_IMAGE:-localhost/waitroom:$VERSION}
 KAFKA_IMAGE=${WAITROOM_KAFKA_IMAGE:-localhost/waitroom-kafka:$KAFKA_VERSION}
+# moto for the container tests: the version the tests were written against (pyproject's dev extra).
+MOTO_VERSION=${WAITROOM_MOTO_VERSION:-5.2.1}
+MOTO_IMAGE=${WAITROOM_MOTO_IMAGE:-localhost/waitroom-moto:$MOTO_VERSION}
 PY_BASE_IMAGE=localhost/waitroom-base:$SUITE
 JRE_BASE_IMAGE=localhost/waitroom-base:$SUITE-jre
 # Bump when the way a rootfs is made changes, so cached tarballs are remade.
@@ -218,6 +230,18 @@ build() { # build IMAGE BASE PULL CONTEXT CONTAINERFILE [ARGS...]
     awk '{printf "%.0f MB", $1 / 1e6}')"
 }
 
+# A hash of the app image's sources (its build context, as .containerignore cuts it down), put on
+# the image as the label org.waitroom.source: the container tests refuse an image built from other
+# sources than the working tree's (tests/support/containers.py computes the same hash).
+source_key() {
+  local roots=() root
+  for root in pyproject.toml setup.py MANIFEST.in libs services images/requirements.py; do
+    [ ! -e "$root" ] || roots+=("$root")
+  done
+  find "${roots[@]}" \( -name __pycache__ -o -name '*.egg-info' \) -prune -o -type f ! -name '*.py[co]' -print0 |
+    LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+}
+
 build_app() {
   local base=${WAITROOM_BASE:-} pull=missing tarball
   if [ -z "$base" ]; then
@@ -225,7 +249,7 @@ build_app() {
     tarball=$(make_rootfs python "$PY_PACKAGES")
     import_base "$base" "$tarball"
   fi
-  build "$APP_IMAGE" "$base" "$pull" . Containerfile
+  build "$APP_IMAGE" "$base" "$pull" . Containerfile --label "org.waitroom.source=$(source_key)"
   # The builder stage gets a tag of its own (all cache hits, a second): the clean-up below keeps
   # what is tagged, so the next build after a code change reuses the installed dependencies.
   "${PODMAN[@]}" build --quiet --pull="$pull" --network host "${LIMITS[@]}" "${CA_SECRET[@]}" --target build \
@@ -264,8 +288,19 @@ build_kafka() {
   build "$KAFKA_IMAGE" "$base" "$pull" "$context" images/kafka/Containerfile --build-arg KAFKA_VERSION="$KAFKA_VERSION"
 }
 
+# moto's server on the app image's base (a test tool: never pushed, not in the chart).
+build_moto() {
+  local base=${WAITROOM_BASE:-} pull=missing tarball
+  if [ -z "$base" ]; then
+    base=$PY_BASE_IMAGE pull=never
+    tarball=$(make_rootfs python "$PY_PACKAGES")
+    import_base "$base" "$tarball"
+  fi
+  build "$MOTO_IMAGE" "$base" "$pull" images/moto images/moto/Containerfile --build-arg MOTO_VERSION="$MOTO_VERSION"
+}
+
 # A tag says which version runs: never none (podman would say :latest) and never :latest.
-for image in "$APP_IMAGE" "$KAFKA_IMAGE"; do
+for image in "$APP_IMAGE" "$KAFKA_IMAGE" "$MOTO_IMAGE"; do
   name=${image##*/}
   if [[ $name != *:* || $name == *:latest ]]; then die "$image: give the image a version tag, not :latest or none"; fi
 done
@@ -273,11 +308,12 @@ done
 ensure_tools
 configure_podman
 mkdir -p "$IMAGES_CACHE"
-case $what in
-  app) build_app ;;
-  kafka) build_kafka ;;
-  all) build_app && build_kafka ;;
-esac
+declare -A built=()
+for one in "${targets[@]}"; do
+  [ -z "${built[$one]:-}" ] || continue
+  built[$one]=1
+  "build_$one"
+done
 # Layers of earlier builds that nothing uses any more (only those on the bases made here).
 "${PODMAN[@]}" image prune --force --filter label=org.waitroom.rootfs >/dev/null
 say "done in $(since "$started")"

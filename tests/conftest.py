@@ -1,15 +1,17 @@
 """Fixtures shared by every test layer.
 
 Layers are marked by folder: tests under ``tests/integration`` get the ``integration`` marker, under
-``tests/e2e`` the ``e2e`` marker, and any other test that asks for a broker is an integration test
-too. So ``pytest -m "not integration and not e2e"`` runs exactly what needs no Kafka.
+``tests/e2e`` the ``e2e`` marker, under ``tests/containers`` the ``containers`` marker (the images
+on podman), and any other test that asks for a broker is an integration test too. So ``pytest -m
+"not integration and not e2e and not containers"`` runs exactly what needs no Kafka.
 
 Which Kafka the ``kafka_bootstrap`` fixture gives, once per session:
 
 * ``KAFKA_BOOTSTRAP_SERVERS`` set: that cluster, as is (it must accept topic creation);
-* ``WAITROOM_TEST_BROKER=testcontainers``: a KRaft broker container via testcontainers. It needs a
-  Docker-compatible engine; for podman, point ``DOCKER_HOST`` at its socket
-  (``unix:///run/user/$UID/podman/podman.sock``) and set ``TESTCONTAINERS_RYUK_DISABLED=true``;
+* ``WAITROOM_TEST_BROKER=testcontainers``: the project's Kafka image (``localhost/waitroom-kafka``,
+  ``make containers`` builds it) started through testcontainers, advertised on its host port. The
+  engine is the one ``DOCKER_HOST`` names if it answers, else a ``podman system service`` of the
+  session's own (``support.containers.PodmanEngine``), stopped at the end;
 * otherwise: the embedded Apache Kafka (local Java, jars fetched once) in a fresh temporary folder.
 
 Tests never clean topics up: each one gets its own topic prefix from the ``topics`` fixture, so no
@@ -35,6 +37,7 @@ LAYER_MARKERS = {
     "integration": pytest.mark.integration,
     "e2e": pytest.mark.e2e,
     "browser": pytest.mark.browser,
+    "containers": pytest.mark.containers,
 }
 BROKER_FIXTURES = {"kafka_bootstrap", "topics"}
 
@@ -60,10 +63,9 @@ async def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         yield external
     elif os.environ.get("WAITROOM_TEST_BROKER") == "testcontainers":
         # Imported here: the default run must not need testcontainers or a container engine.
-        from testcontainers.community.kafka import KafkaContainer
+        from support.containers import kafka_container
 
-        with KafkaContainer().with_kraft() as container:
-            bootstrap = container.get_bootstrap_server()
+        with kafka_container() as bootstrap:
             await wait_for_broker(bootstrap, timeout_s=60)
             yield bootstrap
     else:

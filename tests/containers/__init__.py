@@ -1,0 +1,1 @@
+"""The containers layer: the images on podman (see conftest.py)."""
