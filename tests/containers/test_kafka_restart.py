@@ -17,11 +17,11 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from containers.conftest import Stack
 from support.http import create_room, settle
 from support.kafka_log import read_topic
 from support.waiting import eventually
 
+from containers.conftest import Stack
 from waitroom_events.events import TicketAdmitted, TicketIssued
 from waitroom_platform.admin import wait_for_broker
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from containers.conftest import Moto, Stack
 from support.http import bearer, create_room, ticket_status
 from support.waiting import eventually
+
+from containers.conftest import Moto, Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -21,11 +21,11 @@ from uuid import uuid4
 import httpx
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from containers.conftest import Service, Stack
 from support.http import create_room, settle, wait_room_visible
 from support.kafka_log import read_topic
 from support.waiting import eventually
 
+from containers.conftest import Service, Stack
 from waitroom_events.events import TicketAdmitted, TicketIssued
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
