@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support.http import ADMIN_TOKEN
 
-from waitroom_devtools.procs import ServiceProcess, free_ports
+from waitroom_devtools.procs import ServiceProcess, free_port, free_ports
 from waitroom_events.topics import TopicRegistry
 from waitroom_ticketing.tokens import write_private_key
 
@@ -140,6 +140,13 @@ class Processes:
         proc = ServiceProcess(name, module, env, self.log_dir / f"{name}.log", ready_url=ready_url, args=args)
         self.started.append(proc.start())
         return proc
+
+    def start_moto(self) -> tuple[ServiceProcess, str]:
+        """A moto server (SNS, CloudWatch over HTTP) on a free loopback port, and its URL; not waited for."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        moto = self.start("moto", "moto.server", {}, f"{url}/moto-api/data.json", ("-H", "127.0.0.1", "-p", str(port)))
+        return moto, url
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):

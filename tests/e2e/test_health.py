@@ -35,11 +35,7 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics_and_
     tmp_path: Path,
 ) -> None:
     ports = {name: free_port() for name in ("ticketing", "reaper", "stats", "notifier")}
-    moto_port = free_port()
-    moto_url = f"http://127.0.0.1:{moto_port}"
-    moto = processes.start(
-        "moto", "moto.server", {}, f"{moto_url}/moto-api/data.json", ("-H", "127.0.0.1", "-p", str(moto_port))
-    )
+    moto, moto_url = processes.start_moto()
     reaper = processes.start(
         "reaper",
         "waitroom_reaper",

@@ -84,11 +84,7 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
     otel = otel_env(receiver)
     room = f"traced-{int(time.time() * 1000) % 1_000_000}"
 
-    moto_port = free_port()
-    moto_url = f"http://127.0.0.1:{moto_port}"
-    moto = processes.start(
-        "moto", "moto.server", {}, f"{moto_url}/moto-api/data.json", ("-H", "127.0.0.1", "-p", str(moto_port))
-    )
+    moto, moto_url = processes.start_moto()
     reaper_port = free_port()
     reaper = processes.start(
         "reaper",
