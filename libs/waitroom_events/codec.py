@@ -132,6 +132,10 @@ def _check_types(message: Message, rules: tuple[_FieldRule, ...]) -> None:
                 continue
             raise DecodeError(f"{message.TYPE}: field {rule.name!r} must not be null")
         allowed = rule.allowed
+        if rule.base == "list[str]":
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise DecodeError(f"{message.TYPE}: field {rule.name!r} must be a list of strings")
+            continue
         if allowed is None:
             continue
         if isinstance(value, bool) and bool not in allowed:

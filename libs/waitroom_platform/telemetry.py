@@ -4,7 +4,15 @@ Configured by the standard environment variables:
 
 - ``OTEL_SDK_DISABLED=true``: nothing is exported.
 - ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp``, ``console`` or ``none`` (a comma list
-  is allowed). Unset: ``otlp`` when an OTLP endpoint is configured, else ``console``.
+  is allowed). Unset: ``otlp`` when an OTLP endpoint is configured, else ``none``.
+- ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: the SDK's sampler; for a crowd,
+  ``parentbased_traceidratio`` with a ratio such as ``0.01`` keeps one trace in a hundred (a request
+  that arrives with a sampled ``traceparent`` is always kept). Default: every trace.
+
+**Nothing per request when nothing is exported.** Without a span exporter no SDK tracer provider is
+installed (every span is the API's no-op), and without any trace or metric exporter the HTTP
+instrumentation is not installed either (``instrument_fastapi`` does nothing): the service's own
+numbers stay on ``/metrics``, the per-request ``http.server.*`` metrics and spans need an exporter.
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the per-signal ``..._TRACES_ENDPOINT``/``..._METRICS_ENDPOINT``)
   and ``OTEL_EXPORTER_OTLP_PROTOCOL``: ``http/protobuf`` (default) or ``grpc``; headers, timeouts,
   certificates: the exporters read their own ``OTEL_EXPORTER_OTLP_*`` variables.
@@ -40,6 +48,10 @@ class Telemetry:
     metric_exporters: list[str] = field(default_factory=list)
     _providers: list[Any] = field(default_factory=list)
 
+    @property
+    def exporting(self) -> bool:
+        return bool(self.span_exporters or self.metric_exporters)
+
     def shutdown(self) -> None:
         """Flush what is buffered; call on the way out."""
         for provider in self._providers:
@@ -53,7 +65,7 @@ def _exporter_names(variable: str, signal: str) -> list[str]:
     has_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
     )
-    return ["otlp"] if has_endpoint else ["console"]
+    return ["otlp"] if has_endpoint else ["none"]
 
 
 def _protocol(signal: str) -> str:
@@ -104,10 +116,15 @@ def _prometheus_reader() -> Any:
     return PrometheusMetricReader()
 
 
+#: what ``setup_telemetry`` installed in this process (None: not called, nothing exported)
+_current: Telemetry | None = None
+
+
 def setup_telemetry(service: str) -> Telemetry:
     """Install the tracer and meter providers for this process."""
+    global _current
     name = os.environ.get("OTEL_SERVICE_NAME") or f"waitroom-{service}"
-    telemetry = Telemetry(service_name=name)
+    telemetry = _current = Telemetry(service_name=name)
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return telemetry
 
@@ -118,13 +135,15 @@ def setup_telemetry(service: str) -> Telemetry:
 
     resource = Resource.create({"service.name": name, "service.namespace": "waitroom"})
 
-    tracer_provider = TracerProvider(resource=resource)
-    for exporter_name in _exporter_names("OTEL_TRACES_EXPORTER", "TRACES"):
-        if exporter_name != "none":
+    span_exporters = [n for n in _exporter_names("OTEL_TRACES_EXPORTER", "TRACES") if n != "none"]
+    if span_exporters:
+        # The SDK reads OTEL_TRACES_SAMPLER(_ARG) itself.
+        tracer_provider = TracerProvider(resource=resource)
+        for exporter_name in span_exporters:
             tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(exporter_name)))
             telemetry.span_exporters.append(exporter_name)
-    trace.set_tracer_provider(tracer_provider)
-    telemetry._providers.append(tracer_provider)
+        trace.set_tracer_provider(tracer_provider)
+        telemetry._providers.append(tracer_provider)
 
     readers = [_metric_reader(n) for n in _exporter_names("OTEL_METRICS_EXPORTER", "METRICS") if n != "none"]
     readers.append(_prometheus_reader())
@@ -136,7 +155,10 @@ def setup_telemetry(service: str) -> Telemetry:
 
 
 def instrument_fastapi(app: Any, excluded_urls: Sequence[str] = ("/healthz", "/readyz")) -> None:
-    """Server spans and ``http.server`` metrics for every request, health checks excluded."""
+    """Server spans and ``http.server`` metrics for every request, health checks excluded; nothing
+    (no middleware at all) when this process exports neither traces nor metrics."""
+    if _current is None or not _current.exporting:
+        return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     # The ASGI receive/send sub-spans ("http send" per body chunk) say nothing an operator needs.

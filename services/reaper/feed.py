@@ -3,9 +3,9 @@
 The consumer skeleton over two topics, by manual assignment (the partitions follow the delay
 topic's group, whatever its assignor: co-partitioning holds). Per topic it accepts:
 
-* heartbeats (``Heartbeat``): when each ticket was last heard from. Poison goes to
-  ``heartbeats.dlq``; the position is committed about every second to the feed's own group, only
-  as a bookmark of how far that has been done (recovery re-reads older heartbeats without
+* heartbeats (``Heartbeat``, and ``HeartbeatBatch`` of the API's coalescing): when each ticket was
+  last heard from. Poison goes to ``heartbeats.dlq``; the position is committed about every second
+  to the feed's own group, only as a bookmark of how far that has been done (recovery re-reads older heartbeats without
   dead-lettering them twice);
 * room-events (``RoomEvent``): tickets issued and ended, timeouts configured. Poison is only
   logged: the sequencer writes room-events and owns their dead letters.
@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from waitroom_events.base import Message
 from waitroom_events.events import RoomEvent, TicketIssued
-from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.heartbeats import HEARTBEAT_TYPES
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.consume import ConsumerLoop, Poison, Record
 from waitroom_platform.runtime import Component
@@ -60,7 +60,7 @@ class HeartbeatFeed(ConsumerLoop[Message], Component):
         super().__init__(
             consumer,
             # every room event: a JoinRejected changes nothing here, but it is no poison either
-            {self._heartbeats: Heartbeat, self._events: RoomEvent},
+            {self._heartbeats: HEARTBEAT_TYPES, self._events: RoomEvent},
             self._fold,
             commit=False,
             max_records=5000,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class ReaperOptions:
     group_id: str
     heartbeat_group_id: str
-    heartbeat_grace_s: float = 0.1
+    heartbeat_grace_s: float = 0.25
     check_tick_s: float = 1.0
     resend_expire_after_s: float = 10.0
     recovery_margin_s: float = 30.0

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from waitroom_core.expiry import heartbeat_replay_start
 from waitroom_events.events import RoomEvent
-from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.heartbeats import HEARTBEAT_TYPES
 from waitroom_events.reaper import ExpiryCheck
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.consume import Poison, Record, decode_as, read_to_end
@@ -163,7 +163,7 @@ class Recovery:
 
         def fold_heartbeat(record: Record) -> None:
             self._metrics.heartbeats += 1
-            heartbeat = decode_as(record, Heartbeat)
+            heartbeat = decode_as(record, HEARTBEAT_TYPES)
             if not isinstance(heartbeat, BaseException):
                 state.apply(heartbeat)
             elif record.offset >= bookmark:

@@ -26,8 +26,9 @@ class ReaperSettings(BaseSettings):
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8010, ge=0, le=65535)
 
-    #: heartbeats up to a ticket's deadline plus this must have been read before it expires
-    heartbeat_grace_s: float = Field(default=0.1, ge=0.0, le=5.0)
+    #: heartbeats up to a ticket's deadline plus this must have been read before it expires; it covers the
+    #: API's heartbeat window (WAITROOM_TICKETING_HEARTBEAT_WINDOW_MS, at most 100 ms) plus the publish latency
+    heartbeat_grace_s: float = Field(default=0.25, ge=0.0, le=5.0)
     #: checks written within one tick fall due together, in one consumer round
     check_tick_s: float = Field(default=1.0, ge=0.0, le=10.0)
     #: an expiry still not applied after this is asked for again by the next durable check

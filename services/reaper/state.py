@@ -17,7 +17,7 @@ from waitroom_core.room import DEFAULT_HEARTBEAT_TIMEOUT_S
 from waitroom_events.base import Message
 from waitroom_events.codec import Headers
 from waitroom_events.events import RoomConfigured, TicketExpired, TicketIssued, TicketLeft
-from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.heartbeats import Heartbeat, HeartbeatBatch
 from waitroom_platform.kafka import extract_context
 
 #: the broker answers a fetch a little before the consumer sees it: what it said is this old
@@ -79,9 +79,15 @@ class PartitionState:
         """Fold one room event or heartbeat in. Returns the room whose timeout got shorter, if any."""
         match message:
             case Heartbeat():
-                _, entry = self.ticket(message.room_id, message.ticket_id)
-                if entry is not None and (entry.last_heartbeat_at is None or message.at > entry.last_heartbeat_at):
-                    entry.last_heartbeat_at = message.at
+                self._heard(message.room_id, message.ticket_id, message.at)
+            case HeartbeatBatch():
+                room = self.rooms.get(message.room_id)
+                if room is not None:
+                    at = message.at
+                    for ticket_id in message.ticket_ids:
+                        entry = room.tickets.get(ticket_id)
+                        if entry is not None and (entry.last_heartbeat_at is None or at > entry.last_heartbeat_at):
+                            entry.last_heartbeat_at = at
             case TicketIssued():
                 room = self.rooms.setdefault(message.room_id, RoomEntry())
                 if message.ticket_id not in room.tickets:
@@ -98,6 +104,11 @@ class PartitionState:
                 configured.timeout_s = message.heartbeat_timeout_s
                 return configured if shorter and configured.tickets else None
         return None
+
+    def _heard(self, room_id: str, ticket_id: str, at: float) -> None:
+        _, entry = self.ticket(room_id, ticket_id)
+        if entry is not None and (entry.last_heartbeat_at is None or at > entry.last_heartbeat_at):
+            entry.last_heartbeat_at = at
 
     def apply_record(self, message: Message, headers: Headers | None) -> RoomEntry | None:
         """``apply`` a message read from the log; an issued ticket keeps its record's trace context."""

@@ -25,6 +25,7 @@ from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
 from waitroom_ticketing.edge import TrustedProxies
+from waitroom_ticketing.heartbeats import HeartbeatCoalescer
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.sequencer import Sequencer, SequencerOptions
@@ -142,9 +143,16 @@ def build(settings: TicketingSettings) -> list[Component]:
         register_room_gauges(room_depths(read_model))
         stats_view = StatsView(settings.kafka, topics.room_stats.name)
         assert settings.admin_token is not None and settings.ticket_secret is not None
+        publisher = Publisher(producer.producer)
+        heartbeats = HeartbeatCoalescer(
+            lambda message: publisher.publish(topics.heartbeats.name, message),
+            window_s=settings.heartbeat_window_ms / 1000.0,
+            publish_timeout_s=settings.publish_timeout_s,
+        )
         services = Services(
             topics=topics,
-            publisher=Publisher(producer.producer),
+            publisher=publisher,
+            heartbeats=heartbeats,
             read_model=read_model,
             tickets=TicketTokens(settings.ticket_secret.get_secret_value()),
             signer=build_signer(settings),
@@ -166,7 +174,7 @@ def build(settings: TicketingSettings) -> list[Component]:
             event="admin_listening",
         )
         public_server = HttpServer(http_config(public_app, settings.host, settings.port, settings))
-        components += [producer, read_model, stats_view, admin_server, public_server]
+        components += [producer, heartbeats, read_model, stats_view, admin_server, public_server]
     return components
 
 

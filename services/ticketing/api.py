@@ -31,11 +31,11 @@ from starlette.types import Message as AsgiMessage
 from waitroom_core.room import InvalidCommand, RoomConfig, RoomState, Ticket, TicketState, configured
 from waitroom_events.base import Message
 from waitroom_events.commands import AdmitRequested, JoinRequested, LeaveRequested, RoomConfigureRequested
-from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import Publisher
 from waitroom_ticketing.docs import mount_docs
 from waitroom_ticketing.edge import TrustedProxies, rate_limit_key
+from waitroom_ticketing.heartbeats import HeartbeatCoalescer
 from waitroom_ticketing.page import render_page
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import JoinRefused, ReadModel
@@ -104,6 +104,7 @@ class Services:
         is_ready: Callable[[], bool] | None = None,
         stats: StatsView | None = None,
         proxies: TrustedProxies | None = None,
+        heartbeats: HeartbeatCoalescer | None = None,
     ) -> None:
         self.topics = topics
         self.publisher = publisher
@@ -118,11 +119,31 @@ class Services:
         self.is_ready = is_ready or read_model.ready
         self.stats = stats
         self.proxies = proxies or TrustedProxies()
+        self.heartbeats = heartbeats or HeartbeatCoalescer(
+            lambda message: publisher.publish(topics.heartbeats.name, message),
+            window_s=0.0,
+            publish_timeout_s=publish_timeout_s,
+        )
 
     def client_key(self, request: Request) -> str:
         """The rate-limit bucket of the request's client (see ``edge.py``: trusted proxies, IPv6 /64)."""
         peer = request.client.host if request.client else None
         return rate_limit_key(self.proxies.client(peer, request.headers.getlist("x-forwarded-for")))
+
+    async def heartbeat(self, room: RoomState | None, room_id: str, ticket_id: str) -> None:
+        """Queue the ticket's heartbeat in its room's batch; wait for the log unless the rule of
+        ``heartbeats.py`` says losing it cannot expire the visitor."""
+        now = self.clock()
+        written = self.heartbeats.add(room_id, ticket_id)
+        config = room.config if room is not None else None
+        if config is not None and self.heartbeats.may_answer_at_once(
+            ticket_id, now, interval_s=config.heartbeat_interval_s, timeout_s=config.heartbeat_timeout_s
+        ):
+            return
+        try:
+            await written
+        except (KafkaError, TimeoutError) as exc:
+            raise ApiError(503, "log_unavailable", "the event log is unreachable; retry", {"Retry-After": "2"}) from exc
 
     async def publish(self, topic: str, message: Message) -> None:
         try:
@@ -316,7 +337,7 @@ async def heartbeat(
     found = _authorized_ticket(svc, room_id, ticket_id, authorization)
     if found is not None and not found[1].state.live:
         raise _ended(found[1])
-    await svc.publish(svc.topics.heartbeats.name, Heartbeat(room_id=room_id, ticket_id=ticket_id, at=svc.clock()))
+    await svc.heartbeat(found[0] if found is not None else svc.read_model.room(room_id), room_id, ticket_id)
     if found is None:
         return JSONResponse(svc.pending_view(room_id, ticket_id), status_code=202, headers={"Retry-After": "1"})
     room, ticket = found
@@ -341,6 +362,7 @@ async def leave(
         if not await svc.read_model.wait_until(gone, svc.join_wait_s):
             log.warning("leave_not_applied_in_time", room_id=room_id, ticket_id=ticket_id)
     svc.signer.forget(room_id, ticket_id)
+    svc.heartbeats.forget(ticket_id)
     return Response(status_code=204)
 
 

@@ -48,6 +48,9 @@ class TicketingSettings(BaseSettings):
 
     join_wait_s: float = Field(default=2.0, ge=0.0, le=30.0)
     publish_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    #: heartbeats of a room are written as one record per window (0: one record per heartbeat);
+    #: at most 100 ms, which the reaper's grace covers (services/ticketing/heartbeats.py)
+    heartbeat_window_ms: float = Field(default=50.0, ge=0.0, le=100.0)
     join_rate_per_ip: float = Field(default=5.0, ge=0.0)
     join_burst: int = Field(default=20, ge=1)
     #: consumer group of the sequencers; defaults to ``<prefix>.sequencer``

@@ -24,7 +24,7 @@ from support.waiting import eventually
 from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.codec import encode
 from waitroom_events.events import TicketAdmitted, TicketExpired
-from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.heartbeats import Heartbeat, HeartbeatBatch
 from waitroom_events.topics import TopicRegistry, dlq_name
 from waitroom_platform.kafka import partitions_of
 
@@ -351,3 +351,72 @@ async def _at_least(records: Any, count: int) -> Any:
     """The records once there are ``count`` of them, else None (for ``eventually``)."""
     found = await records
     return found if len(found) >= count else None
+
+
+async def test_with_the_heartbeat_window_at_its_maximum_no_visitor_heartbeating_every_interval_is_expired(
+    topics: TopicRegistry, launch_ticketing: Any, launch_reaper: ReaperLauncher, kafka_bootstrap: str
+) -> None:
+    """80 visitors heartbeat over HTTP every interval through a 100 ms coalescing window (batches,
+    answers before the acknowledgement where the rule allows it) for 3x the timeout: none is expired,
+    and the 8 who stop are, on time."""
+    timeout_s, interval_s = 6.0, 0.5
+    launch_reaper(topics)
+    (svc,) = launch_ticketing(
+        topics, WAITROOM_TICKETING_HEARTBEAT_WINDOW_MS="100", WAITROOM_TICKETING_PUBLISH_TIMEOUT_S="0.5"
+    )
+    limits = httpx.Limits(max_connections=60)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        # Joining 80 at once on two cores takes longer than the short timeout: the room gets it
+        # once everyone heartbeats (the reaper re-arms its looks for a shorter timeout).
+        await create_room(http, svc.admin_url, "batch", capacity=50, heartbeat_timeout_s=60, heartbeat_interval_s=interval_s)
+        tickets = list(await asyncio.gather(*(join(http, svc.url, "batch") for _ in range(80))))
+        visitors = Visitors(http, svc.url, interval_s=interval_s)
+        for ticket in tickets:
+            visitors.start(ticket)
+        await eventually(
+            lambda: all(visitors.accepted.get(t["ticket_id"], 0) >= 2 for t in tickets),
+            60,
+            "two heartbeats each",
+            seen=lambda: (sorted(visitors.accepted.values())[:5], visitors.refused),
+        )
+        await create_room(http, svc.admin_url, "batch", heartbeat_timeout_s=timeout_s)
+        await asyncio.sleep(timeout_s)  # heartbeats under the short timeout, before any visitor stops
+        silent = tickets[:8]
+        for ticket in silent:
+            visitors.stop(ticket)
+        stopped_at = time.time()
+        await asyncio.sleep(3 * timeout_s)  # the live ones keep heartbeating; a wrong expiry would show
+        await visitors.stop_all()
+
+    expired = await expired_events(kafka_bootstrap, topics, "batch")
+    # The safety property itself: a heartbeat answered 200 keeps its ticket for the timeout.
+    for ticket_id, event in expired.items():
+        assert event.at - visitors.last_sent[ticket_id] >= timeout_s - 0.05, "an answered heartbeat was lost"
+    records = [m for m in await read_topic(kafka_bootstrap, topics.heartbeats.name) if m.room_id == "batch"]
+    wrong = set(expired) - {t["ticket_id"] for t in silent}
+    stamps = {
+        ticket_id: sorted(
+            m.at
+            for m in records
+            if (isinstance(m, Heartbeat) and m.ticket_id == ticket_id)
+            or (isinstance(m, HeartbeatBatch) and ticket_id in m.ticket_ids)
+        )
+        for ticket_id in wrong
+    }
+    assert not wrong, "visitors heartbeating every interval were expired: " + "; ".join(
+        f"expired at {expired[t].at:.2f}, last heard {expired[t].last_heartbeat_at}, logged beats {stamps[t][-6:]}"
+        for t in list(wrong)[:3]
+    )
+    assert set(expired) == {t["ticket_id"] for t in silent}
+    for ticket in silent:
+        event = expired[ticket["ticket_id"]]
+        # lateness from the last heartbeat the log holds (stamped when its batch was written: on a
+        # loaded machine that can be a while after the client sent it, which delays, never hastens)
+        assert event.last_heartbeat_at is not None
+        assert event.at - event.last_heartbeat_at - timeout_s <= PRECISION_S
+        assert event.at >= stopped_at
+    assert visitors.refused == {}, "a heartbeat was refused"
+    batches = [m for m in records if isinstance(m, HeartbeatBatch)]
+    assert batches, "no heartbeat was coalesced"
+    beats = sum(len(b.ticket_ids) for b in batches) + sum(isinstance(m, Heartbeat) for m in records)
+    assert len(records) < beats / 5, f"{len(records)} records for {beats} heartbeats: not coalesced"

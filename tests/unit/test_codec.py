@@ -46,7 +46,7 @@ from waitroom_events.events import (
     TicketIssued,
     TicketLeft,
 )
-from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.heartbeats import Heartbeat, HeartbeatBatch
 from waitroom_events.reaper import ExpiryCheck
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 
@@ -96,6 +96,7 @@ EXAMPLES: dict[str, Message] = {
         ),
         JoinRejected(room_id=ROOM, ticket_id="tk-7f3a", at=AT, reason="unknown_room"),
         Heartbeat(room_id=ROOM, ticket_id="tk-7f3a", at=AT),
+        HeartbeatBatch(room_id=ROOM, ticket_ids=["tk-7f3a", "tk-9b21"], at=AT),
         RoomStats(
             room_id=ROOM,
             at=AT,
@@ -372,6 +373,7 @@ _FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "int": st.integers(-(2**63), 2**63),
     "float": st.floats(allow_nan=False, allow_infinity=False),
     "bool": st.booleans(),
+    "list[str]": st.lists(st.text(max_size=20), max_size=5),
 }
 
 

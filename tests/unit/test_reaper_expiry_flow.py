@@ -51,9 +51,9 @@ async def test_an_expiry_the_sequencer_did_not_apply_is_asked_for_again_by_the_c
 
     await rig.run_for(25.0)
 
-    # the look at ~1003.1 asks; the check due at 1010 finds it asked 7 s ago; the one at 1020 asks again
+    # the look at deadline + grace asks; the check due at 1010 finds it asked ~7 s ago; the one at 1020 asks again
     first, again = expiry_times(rig, "quiet")
-    assert first == pytest.approx(1003.1, abs=LANDS_WITHIN_S)
+    assert first == pytest.approx(1003.0 + GRACE, abs=LANDS_WITHIN_S)
     assert again == pytest.approx(1020.0, abs=0.02)
     assert again - first >= rig.options.resend_expire_after_s
 
@@ -90,7 +90,7 @@ async def test_a_heartbeating_ticket_under_the_default_timeout_never_gets_a_look
 async def test_a_look_is_armed_at_the_deadline_when_it_comes_before_the_next_check() -> None:
     rig = await started_rig()
     rig.configure("gig", timeout_s=20.0)
-    rig.issue("gig", "quiet")  # at 1000.0: deadline 1020.0, looked at from 1020.1
+    rig.issue("gig", "quiet")  # at 1000.0: deadline 1020.0, looked at from deadline + grace
     rig.sequencer_applies = True
 
     await rig.run_until(lambda: rig.metrics.ticket_checks == 2, limit_s=25.0)  # the checks due at 1010 and 1020

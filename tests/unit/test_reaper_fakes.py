@@ -40,7 +40,7 @@ from waitroom_reaper.state import Owned, PartitionState
 TOPICS = topic_registry("unit", room_partitions=1)
 P = 0
 START = 1_000.0
-GRACE = 0.1
+GRACE = ReaperOptions(group_id="g", heartbeat_group_id="h").heartbeat_grace_s
 DELAY = 10.0
 
 Record = ConsumerRecord[Any, Any]
