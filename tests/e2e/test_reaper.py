@@ -368,7 +368,9 @@ async def test_with_the_heartbeat_window_at_its_maximum_no_visitor_heartbeating_
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
         # Joining 80 at once on two cores takes longer than the short timeout: the room gets it
         # once everyone heartbeats (the reaper re-arms its looks for a shorter timeout).
-        await create_room(http, svc.admin_url, "batch", capacity=50, heartbeat_timeout_s=60, heartbeat_interval_s=interval_s)
+        await create_room(
+            http, svc.admin_url, "batch", capacity=50, heartbeat_timeout_s=60, heartbeat_interval_s=interval_s
+        )
         tickets = list(await asyncio.gather(*(join(http, svc.url, "batch") for _ in range(80))))
         visitors = Visitors(http, svc.url, interval_s=interval_s)
         for ticket in tickets:
