@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 # The modules below register their types on import; the codec must know every type.
 from waitroom_events import commands, events, heartbeats, reaper, stats  # noqa: F401
@@ -38,14 +41,37 @@ class EncodedRecord:
 def encode(message: Message, extra_headers: Iterable[tuple[str, bytes]] = ()) -> EncodedRecord:
     if not message.TYPE:
         raise TypeError(f"{type(message).__name__} has no registered message type")
-    try:
-        # allow_nan=False: NaN and Infinity are not JSON; other readers of the log would reject them.
-        value = json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
-    except ValueError as exc:
-        raise ValueError(f"{message.TYPE}: {exc}") from exc
+    value = _dumps(message)
     headers = [(HEADER_TYPE, message.TYPE.encode()), (HEADER_CONTENT_TYPE, CONTENT_TYPE)]
     headers.extend(extra_headers)
     return EncodedRecord(key=message.room_id.encode(), value=value, headers=headers)
+
+
+def _dumps(message: Message) -> bytes:
+    """The message's fields as compact JSON with sorted keys (orjson: a dataclass straight to bytes,
+    several times faster than ``json.dumps`` of ``asdict``, which was a tenth of the sequencer's time)."""
+    for rule in _rules(type(message)):
+        if rule.base == "float":
+            number = getattr(message, rule.name)
+            # NaN and Infinity are not JSON (orjson would write null); other readers would reject them.
+            if number is not None and not math.isfinite(number):
+                raise ValueError(f"{message.TYPE}: {rule.name} {number!r} is not a JSON number")
+    fields = {name: getattr(message, name) for name in _sorted_names(type(message))}
+    try:
+        return orjson.dumps(fields)
+    except TypeError:
+        # an integer beyond 64 bits: the standard library writes any integer
+        return json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+
+
+_SORTED: dict[type[Message], tuple[str, ...]] = {}
+
+
+def _sorted_names(cls: type[Message]) -> tuple[str, ...]:
+    names = _SORTED.get(cls)
+    if names is None:
+        names = _SORTED[cls] = tuple(sorted(f.name for f in dataclasses.fields(cls)))
+    return names
 
 
 def header(headers: Headers | None, name: str) -> bytes | None:
@@ -66,23 +92,13 @@ def decode(value: bytes | None, headers: Headers | None) -> Message:
     if value is None:
         raise DecodeError("empty record value")
     try:
-        data = _JSON.decode(value.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers bad JSON, bad encodings and integers beyond Python's digit limit;
-        # RecursionError, arrays or objects nested too deep. All are poison records.
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        # bad JSON, bad UTF-8, NaN/Infinity, nesting deeper than 1024: all poison records
         raise DecodeError(f"value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise DecodeError("value is not a JSON object")
     return from_dict(cls, data)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise DecodeError(f"{name} is not valid JSON")
-
-
-# One decoder for every record: json.loads with an option builds a new decoder per call, which is a
-# measurable share of replaying a long log. Values are UTF-8 (RFC 8259 for JSON between systems).
-_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,9 @@ a service calls ``waitroom_platform.telemetry.setup_telemetry``.
 
 from __future__ import annotations
 
+import asyncio
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
 from waitroom_events.base import Message
-from waitroom_events.codec import Headers, encode
+from waitroom_events.codec import EncodedRecord, Headers, encode
 from waitroom_events.topics import dlq_name
 from waitroom_platform import compat
 from waitroom_platform.runtime import Component
@@ -38,6 +39,17 @@ HEADER_SOURCE_OFFSET = "waitroom-source-offset"
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 tracer = trace.get_tracer("waitroom.kafka")
+
+
+def tracing() -> bool:
+    """Whether this process records spans (``setup_telemetry`` installed an SDK provider). Hot
+    paths skip the span machinery when it does not and carry the trace context along as it came."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def trace_headers(headers: Headers | None) -> list[tuple[str, bytes]]:
+    """The W3C trace context headers of a record, as they are (to pass them on without a span)."""
+    return [(k, v) for k, v in headers or () if k in TRACE_HEADERS]
 
 
 def outgoing_headers(extra: Iterable[tuple[str, bytes]] = ()) -> list[tuple[str, bytes]]:
@@ -207,6 +219,24 @@ class Publisher:
         return await self.producer.send(
             topic, record.value, key=record.key, partition=partition, headers=record.headers, timestamp_ms=timestamp_ms
         )
+
+
+async def queue_records(
+    producer: AIOKafkaProducer, topic: str, partition: int, records: Sequence[EncodedRecord]
+) -> list[asyncio.Future[Any]]:
+    """Queue encoded records for one partition, in order, as whole record batches (inside a
+    transaction too: the batch's partition joins it); returns the delivery futures. Much cheaper
+    per record than ``send`` for a burst of records known at once (the sequencer's events)."""
+    deliveries = []
+    batch = producer.create_batch()
+    for record in records:
+        if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
+            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
+                raise ValueError(f"a record of {len(record.value)} bytes does not fit in a batch")
+    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+    return deliveries
 
 
 def dead_letter_headers(record: ConsumerRecord[Any, Any], error: BaseException | str) -> list[tuple[str, bytes]]:

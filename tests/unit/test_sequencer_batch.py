@@ -76,6 +76,15 @@ class Written:
 
 
 @dataclass
+class FakeBatch:
+    records: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: int | None, headers: Any) -> object:
+        self.records.append((value, key, list(headers)))
+        return object()
+
+
+@dataclass
 class FakeProducer:
     """Records what is sent; with transactions, only a committed transaction's records reach ``log``."""
 
@@ -97,6 +106,17 @@ class FakeProducer:
         written = Written(topic, value, list(extra.get("headers") or ()))
         (self._pending if self._pending is not None else self.log).append(written)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        """A record batch: its records counted and kept one by one, like ``send``."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        for value, key, headers in batch.records:
+            await self.send(topic, value, key=key, partition=partition, headers=headers)
         future.set_result(None)
         return future
 
