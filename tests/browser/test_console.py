@@ -142,7 +142,9 @@ async def test_an_operator_signs_in_follows_the_demo_room_live_and_changes_capac
                 assert (admin_view["active"], admin_view["waiting"], admin_view["paused"]) == (6, 3, True)
 
                 # Three waiting is below the threshold and its hysteresis: the recovery follows.
-                await expect(page.locator("#alerts li.recovered")).to_contain_text("recovered waiting_high", timeout=20_000)
+                await expect(page.locator("#alerts li.recovered")).to_contain_text(
+                    "recovered waiting_high", timeout=20_000
+                )
                 await page.wait_for_timeout(1500)  # a few more snapshots on the charts, for the picture
                 await page.screenshot(path=str(shots / "console-room.png"), full_page=True)
 
