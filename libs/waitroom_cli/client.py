@@ -16,6 +16,8 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8001"
 TOKEN_ENV = "WAITROOM_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a token
+#: the ticketing service's own setting: inside its container (``kubectl exec``) the command needs no other
+SERVICE_TOKEN_ENV = "WAITROOM_TICKETING_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a token
 URL_ENV = "WAITROOM_ADMIN_URL"
 
 

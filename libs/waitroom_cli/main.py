@@ -2,8 +2,9 @@
 
     waitroom rooms list|show|create|set|pause|resume|admit|stats|watch [--url URL] [--json]
 
-The admin token comes from ``WAITROOM_ADMIN_TOKEN`` (never an argument: arguments show in the
-process list and the shell's history); the admin listener's URL from ``--url`` or
+The admin token comes from ``WAITROOM_ADMIN_TOKEN`` (or, inside a ticketing container, its own
+``WAITROOM_TICKETING_ADMIN_TOKEN``; never an argument: arguments show in the process list and the
+shell's history); the admin listener's URL from ``--url`` or
 ``WAITROOM_ADMIN_URL`` (default ``http://127.0.0.1:8001``, the dev stack's). Tables for people,
 ``--json`` for scripts; a failure prints the API's error code and detail and exits with the code
 of :class:`~waitroom_cli.client.Exit`.
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.live import Live
 
 from waitroom_cli import render
-from waitroom_cli.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, AdminClient, ApiFailure, Exit
+from waitroom_cli.client import DEFAULT_URL, SERVICE_TOKEN_ENV, TOKEN_ENV, URL_ENV, AdminClient, ApiFailure, Exit
 
 app = typer.Typer(
     name="waitroom",
@@ -52,7 +53,7 @@ Target = Annotated[str | None, typer.Option("--target-url", help="where admitted
 
 
 def token() -> str | None:
-    return os.environ.get(TOKEN_ENV)
+    return os.environ.get(TOKEN_ENV) or os.environ.get(SERVICE_TOKEN_ENV)
 
 
 @contextmanager

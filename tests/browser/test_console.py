@@ -48,6 +48,12 @@ async def tile(page: Page, name: str) -> Any:
     return page.locator(f"#t-{name}")
 
 
+async def screenshot(page: Page, path: Path, **options: Any) -> None:
+    """The page without the passing notice ("Saved.") over it."""
+    await page.evaluate("document.getElementById('toast').hidden = true")
+    await page.screenshot(path=str(path), **options)
+
+
 async def test_an_operator_signs_in_follows_the_demo_room_live_and_changes_capacity_pauses_and_admits(
     topics: TopicRegistry,
     launch_ticketing: Any,
@@ -125,7 +131,7 @@ async def test_an_operator_signs_in_follows_the_demo_room_live_and_changes_capac
                 await page.click("text=all rooms")
                 await expect(row.locator("td").nth(8)).to_have_text("waiting_high")
                 await expect(row.locator("td").nth(7)).to_have_text("paused")
-                await page.screenshot(path=str(shots / "console-rooms.png"))
+                await screenshot(page, shots / "console-rooms.png")
                 await row.locator("a").click()
                 await expect(page.locator("#alerts li.breached")).to_have_count(1)
 
@@ -134,7 +140,7 @@ async def test_an_operator_signs_in_follows_the_demo_room_live_and_changes_capac
                 await page.click("#admit-form button")
                 await expect(page.locator("#confirm")).to_be_visible()
                 await expect(page.locator("#confirm-text")).to_contain_text("Admit the next 3 waiting in demo")
-                await page.screenshot(path=str(shots / "console-admit.png"))
+                await screenshot(page, shots / "console-admit.png")
                 await page.click("#confirm-ok")
                 await expect(await tile(page, "active")).to_have_text("6")
                 await expect(await tile(page, "waiting")).to_have_text("3")
@@ -146,7 +152,7 @@ async def test_an_operator_signs_in_follows_the_demo_room_live_and_changes_capac
                     "recovered waiting_high", timeout=20_000
                 )
                 await page.wait_for_timeout(1500)  # a few more snapshots on the charts, for the picture
-                await page.screenshot(path=str(shots / "console-room.png"), full_page=True)
+                await screenshot(page, shots / "console-room.png", full_page=True)
 
                 # Resumed: back to the table, where the room no longer says paused.
                 await page.click("#pause")
@@ -166,7 +172,7 @@ async def test_an_operator_signs_in_follows_the_demo_room_live_and_changes_capac
                 await expect(mobile.locator("#chart-wait canvas")).to_have_count(1)
                 width = await mobile.evaluate("document.documentElement.scrollWidth")
                 assert width <= 390, f"the page is {width} px wide on a 390 px phone"
-                await mobile.screenshot(path=str(shots / "console-phone.png"))
+                await screenshot(mobile, shots / "console-phone.png")
                 token_in_storage = await page.evaluate("sessionStorage.getItem('waitroom:admin-token')")
             finally:
                 await browser.close()

@@ -129,9 +129,16 @@ def test_a_wrong_token_exits_3_with_the_apis_code_and_message(api: FakeApi, run:
 
 def test_no_token_exits_3_before_calling_anything(api: FakeApi, run: Any, monkeypatch: Any) -> None:
     monkeypatch.delenv("WAITROOM_ADMIN_TOKEN")
+    monkeypatch.delenv("WAITROOM_TICKETING_ADMIN_TOKEN", raising=False)
     result = run("rooms", "list")
     assert result.exit_code == 3 and "no_token: set WAITROOM_ADMIN_TOKEN" in result.stderr
     assert api.calls == []
+
+
+def test_inside_a_ticketing_container_the_services_own_token_is_used(api: FakeApi, run: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("WAITROOM_ADMIN_TOKEN")
+    monkeypatch.setenv("WAITROOM_TICKETING_ADMIN_TOKEN", TOKEN)
+    assert run("rooms", "list").exit_code == 0
 
 
 def test_create_makes_a_room_and_refuses_one_that_exists(api: FakeApi, run: Any) -> None:

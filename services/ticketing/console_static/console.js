@@ -323,7 +323,8 @@
       const options = {
         width: chartWidth(el),
         height: 180,
-        scales: { x: { time: true } },
+        // Counts, rates and waits start at 0, whatever the hour's lowest value.
+        scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
         series: [{}].concat(spec.series.map(([, label, stroke, dash]) => ({
           label, stroke, width: 2, dash, spanGaps: true,
         }))),
