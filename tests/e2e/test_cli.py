@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -106,3 +107,22 @@ async def test_an_operator_runs_a_sale_from_the_command_line(topics: TopicRegist
     assert json.loads(wrong_json.stdout)["error"] == "forbidden"
     public = waitroom(svc.url, "rooms", "list")
     assert public.exit_code == 4, "the public listener has no admin API"
+
+    # An open stream does not hold the service's stop: it ends first, and the watch says so.
+    watching = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "waitroom_cli",
+        *("rooms", "watch", "--json"),
+        env={**os.environ, "WAITROOM_ADMIN_TOKEN": ADMIN_TOKEN, "WAITROOM_ADMIN_URL": admin},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert watching.stdout is not None and watching.stderr is not None
+    assert json.loads(await asyncio.wait_for(watching.stdout.readline(), 30))["event"] == "rooms"
+    started = time.monotonic()
+    assert await asyncio.to_thread(svc.stop) == 0
+    stop_s = time.monotonic() - started
+    assert await asyncio.wait_for(watching.wait(), 10) == 6
+    assert "stream_ended" in (await watching.stderr.read()).decode()
+    assert stop_s < 8, f"ticketing took {stop_s:.1f} s to stop with a console stream open"
