@@ -1,7 +1,7 @@
 """Why this file exists: one source tree, two wheels.
 
-Everything else about the build is declared in ``pyproject.toml``. Only the package list (and the
-``waitroom-dev`` script that belongs to one of the packages) lives here, because it depends on the
+Everything else about the build is declared in ``pyproject.toml``. Only the package list and the
+scripts (``waitroom-dev`` belongs to one of the packages) live here, because it depends on the
 environment, which static TOML cannot express:
 
 * by default (``pip install -e '.[dev]'``, ``pip wheel .``) every package is built, the developer
@@ -29,7 +29,10 @@ RUNTIME_PACKAGES = {
     "waitroom_reaper": "services/reaper",
     "waitroom_stats": "services/stats",
     "waitroom_notifier": "services/notifier",
+    "waitroom_cli": "libs/waitroom_cli",
 }
+#: the operator's console command, in every wheel (the image's too: `kubectl exec ... waitroom rooms list`)
+RUNTIME_SCRIPTS = ["waitroom = waitroom_cli.main:main"]
 #: only for development, tests and benchmarks; never in the image
 DEV_PACKAGES = {"waitroom_devtools": "libs/waitroom_devtools"}
 DEV_SCRIPTS = ["waitroom-dev = waitroom_devtools.devstack:main"]
@@ -48,7 +51,7 @@ packages = dict(RUNTIME_PACKAGES) if runtime_only() else {**RUNTIME_PACKAGES, **
 setup(
     packages=list(packages),
     package_dir=packages,
-    entry_points={"console_scripts": [] if runtime_only() else DEV_SCRIPTS},
+    entry_points={"console_scripts": RUNTIME_SCRIPTS if runtime_only() else RUNTIME_SCRIPTS + DEV_SCRIPTS},
     # A separate build folder per variant, so files copied by one build never end up in the other's wheel.
     options={"build": {"build_base": "build/runtime" if runtime_only() else "build/full"}},
 )

@@ -94,6 +94,7 @@ def _ticketing_urls(ctx: DevContext) -> dict[str, str]:
     return {
         "API": base,
         "admin API": admin,
+        "operator console": f"{admin}/admin",
         "API docs (Swagger)": f"{admin}/docs",
         "public API docs": f"{admin}/docs/public",
         "demo waiting page": f"{base}/wait/demo",

@@ -1,10 +1,11 @@
-"""Follow every partition of a topic from its beginning (or its end), without a consumer group.
+"""Follow every partition of a topic from its beginning (or its end, or a while back), without a consumer group.
 
 Read models use this: every replica sees every room, and replaying from the start rebuilds the
-state the log describes. ``caught_up`` is set once the tail has read everything that was committed
-when it started, which is when a read model can answer truthfully. It is a runtime component: a
-tail whose loop fails ends the process (logged once, with its name), instead of leaving a read
-model that silently stopped following the log.
+state the log describes (``since_s``: from the records of the last ``since_s`` seconds instead, by
+record timestamp, for a view of recent history). ``caught_up`` is set once the tail has read
+everything that was committed when it started, which is when a read model can answer
+truthfully. It is a runtime component: a tail whose loop fails ends the process (logged once, with
+its name), instead of leaving a read model that silently stopped following the log.
 
 Records are decoded by the consumer skeleton into the accepted types; what does not decode is
 logged and skipped (the topic's writer owns its dead letters).
@@ -13,6 +14,7 @@ logged and skipped (the topic's writer owns its dead letters).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic
 
@@ -39,6 +41,7 @@ class TopicTail(Component, Generic[M]):
         on_batch: BatchHandler[M],
         *,
         from_beginning: bool = True,
+        since_s: float | None = None,
         max_records: int = 2000,
     ) -> None:
         self._kafka = kafka
@@ -47,6 +50,7 @@ class TopicTail(Component, Generic[M]):
         self._accepts = accepts
         self._on_batch = on_batch
         self._from_beginning = from_beginning
+        self._since_s = since_s
         self._max_records = max_records
         self._consumer: AIOKafkaConsumer | None = None
         self._targets: dict[TopicPartition, int] = {}
@@ -61,13 +65,27 @@ class TopicTail(Component, Generic[M]):
             raise RuntimeError(f"topic {self.topic!r} does not exist; create the topics first")
         tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(tps)
-        if self._from_beginning:
+        if self._since_s is not None:
+            await self._seek_back(consumer, tps, self._since_s)
+        elif self._from_beginning:
             await consumer.seek_to_beginning(*tps)
             self._targets = {tp: off for tp, off in (await consumer.end_offsets(tps)).items() if off > 0}
         else:
             await consumer.seek_to_end(*tps)
         if not self._targets:
             self.caught_up.set()
+
+    async def _seek_back(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], since_s: float) -> None:
+        """Each partition at its first record of the last ``since_s`` seconds (at its end if none)."""
+        since_ms = int((time.time() - since_s) * 1000)
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            hit = found.get(tp)
+            start = ends[tp] if hit is None else hit.offset
+            consumer.seek(tp, start)
+            if start < ends[tp]:
+                self._targets[tp] = ends[tp]
 
     async def run(self) -> None:
         assert self._consumer is not None

@@ -24,6 +24,7 @@ from waitroom_platform.runtime import Component
 from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
+from waitroom_ticketing.console import ConsoleFeed, mount_console
 from waitroom_ticketing.edge import TrustedProxies
 from waitroom_ticketing.heartbeats import HeartbeatCoalescer
 from waitroom_ticketing.ratelimit import RateLimiter
@@ -166,6 +167,8 @@ def build(settings: TicketingSettings) -> list[Component]:
         )
         public_app = create_public_app(services)
         admin_app = create_admin_app(services, docs=settings.docs_enabled, public_openapi=public_app.openapi)
+        console = ConsoleFeed(settings.kafka, topics)
+        mount_console(admin_app, console)
         instrument_fastapi(public_app)
         instrument_fastapi(admin_app)
         admin_server = HttpServer(
@@ -174,7 +177,8 @@ def build(settings: TicketingSettings) -> list[Component]:
             event="admin_listening",
         )
         public_server = HttpServer(http_config(public_app, settings.host, settings.port, settings))
-        components += [producer, heartbeats, read_model, stats_view, admin_server, public_server]
+        # The console's feed last: stopped first, it ends the open console streams before the admin drain.
+        components += [producer, heartbeats, read_model, stats_view, admin_server, public_server, console]
     return components
 
 

@@ -21,6 +21,7 @@ def test_the_dev_command_gives_ticketing_both_ports_and_prints_the_admin_api_on_
     assert "admin API  http://127.0.0.1:18001" in lines
     assert "API  http://127.0.0.1:18000" in lines
     assert "API docs (Swagger)  http://127.0.0.1:18001/docs" in lines, "the docs are on the admin listener"
+    assert "operator console  http://127.0.0.1:18001/admin" in lines, "the console is on the admin listener"
     assert "demo waiting page  http://127.0.0.1:18000/wait/demo" in lines
     # One column of URLs: every value starts at the same offset.
     raw = running_lines(ctx, SERVICES)

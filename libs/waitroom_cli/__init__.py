@@ -1,0 +1,1 @@
+"""``waitroom``: the operator's command-line console over the ticketing service's admin API."""
