@@ -24,6 +24,7 @@ from waitroom_platform.runtime import Component
 from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
+from waitroom_ticketing.aws_vwr import mount_aws_vwr
 from waitroom_ticketing.edge import TrustedProxies
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
@@ -158,6 +159,7 @@ def build(settings: TicketingSettings) -> list[Component]:
         )
         public_app = create_public_app(services)
         admin_app = create_admin_app(services, docs=settings.docs_enabled, public_openapi=public_app.openapi)
+        aws_vwr = mount_aws_vwr(settings, services, public_app, admin_app)
         instrument_fastapi(public_app)
         instrument_fastapi(admin_app)
         admin_server = HttpServer(
@@ -166,7 +168,7 @@ def build(settings: TicketingSettings) -> list[Component]:
             event="admin_listening",
         )
         public_server = HttpServer(http_config(public_app, settings.host, settings.port, settings))
-        components += [producer, read_model, stats_view, admin_server, public_server]
+        components += [producer, read_model, stats_view, admin_server, public_server, *aws_vwr]
     return components
 
 
