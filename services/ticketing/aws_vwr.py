@@ -46,6 +46,7 @@ from waitroom_ticketing.aws_vwr_state import (
     is_facade_request,
     keep_alive,
     looks_like_request_id,
+    may_claim,
     new_request_id,
     position_expires_in,
     serving_num,
@@ -141,10 +142,17 @@ class Keeper(Component):
         #: (room, request) -> the claimed set's ``exp``: a claimed session is kept until then
         self.claimed: dict[tuple[str, str], float] = {}
         self.beats_sent = 0
+        self.next_due = 0.0
 
     def claim(self, room_id: str, request_id: str, expires: float) -> None:
         key = (room_id, request_id)
         self.claimed[key] = max(self.claimed.get(key, 0.0), expires)
+
+    def may_claim(self, room: RoomState, ticket: Ticket) -> bool:
+        assert room.config is not None
+        claimed_here = (room.room_id, ticket.ticket_id) in self.claimed
+        timeout = room.config.heartbeat_timeout_s
+        return may_claim(ticket, self._periods, self._svc.clock(), claimed_here=claimed_here, timeout_s=timeout)
 
     def forget(self, room_id: str, request_id: str) -> None:
         self.claimed.pop((room_id, request_id), None)
@@ -169,28 +177,33 @@ class Keeper(Component):
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._tick_s)
-            if not self._svc.is_ready():
-                continue
-            try:
-                await self.beat(self._svc.clock())
-            except Exception as exc:  # a lost round is retried next tick; the process must not end
-                log.warning("aws_vwr_keeper_round_failed", error=type(exc).__name__)
+            now = self._svc.clock()
+            if self._svc.is_ready():
+                try:
+                    await self.beat(now)
+                except Exception as exc:  # a lost round is retried at once; the process must not end
+                    log.warning("aws_vwr_keeper_round_failed", error=type(exc).__name__)
+            # Wake when the next room is due, so each room's beats keep to its interval.
+            await asyncio.sleep(min(max(self.next_due - self._svc.clock(), 0.05), self._tick_s))
 
     async def beat(self, now: float) -> int:
         """One round: heartbeat the kept tickets of every room whose heartbeat interval has passed."""
         deliveries = []
         topic = self._svc.topics.heartbeats.name
+        self.next_due = now + self._tick_s
         for room in list(self._svc.read_model.rooms.values()):
             if room.config is None:
                 continue
             tracked = self._rooms.setdefault(room.room_id, _Tracked())
-            if now - tracked.last_beat < room.config.heartbeat_interval_s:
+            interval, timeout = room.config.heartbeat_interval_s, room.config.heartbeat_timeout_s
+            if now - tracked.last_beat < interval:
+                self.next_due = min(self.next_due, tracked.last_beat + interval)
                 continue
             tracked.last_beat = now
+            self.next_due = min(self.next_due, now + interval)
             for ticket in self.live_in(room):
                 claimed = self.claimed.get((room.room_id, ticket.ticket_id))
-                if keep_alive(ticket, self._periods, now, claimed_until=claimed):
+                if keep_alive(ticket, self._periods, now, claimed_until=claimed, timeout_s=timeout):
                     beat = Heartbeat(room_id=room.room_id, ticket_id=ticket.ticket_id, at=now)
                     deliveries.append(await self._svc.publisher.send(topic, beat))
         if deliveries:
@@ -276,6 +289,8 @@ class Facade:
                 return _answer(POSITION_EXPIRED, 410)
             case TokenAnswer.SESSION_ENDED:
                 return _answer(SESSION_ENDED, 410)
+        if ticket.state is TicketState.ADMITTED and not self.keeper.may_claim(room, ticket):
+            return _answer(POSITION_EXPIRED, 410)
         return self.tokens(room, ticket, issuer, validity_s=validity, kid_in_header=not private)
 
 

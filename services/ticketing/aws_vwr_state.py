@@ -115,13 +115,37 @@ def position_expires_in(ticket: Ticket, periods: Periods, now: float) -> int | N
     return left if left > 0 and ticket.state is TicketState.ADMITTED else None
 
 
-def keep_alive(ticket: Ticket, periods: Periods, now: float, *, claimed_until: float | None = None) -> bool:
+#: how long past an unclaimed position's lapse the reaper surely has expired it (its checks run
+#: every 10 s and it expires within the timeout plus a second): an admitted ticket still live later
+#: than that is being kept by some replica, so its set was claimed there
+REAPER_SLACK_S = 11.0
+
+
+def claimed_elsewhere(ticket: Ticket, periods: Periods, now: float, timeout_s: float) -> bool:
+    """Whether the ticket's survival proves that a replica (maybe this one before a restart) keeps it."""
+    if ticket.state is not TicketState.ADMITTED or ticket.admitted_at is None:
+        return False
+    return now > ticket.admitted_at + periods.queue_position_expiry_s + timeout_s + REAPER_SLACK_S
+
+
+def may_claim(ticket: Ticket, periods: Periods, now: float, *, claimed_here: bool, timeout_s: float) -> bool:
+    """AWS hands a set out for the first time only within ``QueuePositionExpiryPeriod`` of serving;
+    one already handed out is handed out again at any time."""
+    assert ticket.admitted_at is not None
+    if claimed_here or now - ticket.admitted_at <= periods.queue_position_expiry_s:
+        return True
+    return claimed_elsewhere(ticket, periods, now, timeout_s)
+
+
+def keep_alive(
+    ticket: Ticket, periods: Periods, now: float, *, claimed_until: float | None = None, timeout_s: float = 20.0
+) -> bool:
     """Whether the facade heartbeats the ticket on its holder's behalf (AWS clients never do).
 
     - waiting: always; an AWS queue position never expires while it waits;
     - admitted, token set not claimed: for ``QueuePositionExpiryPeriod`` after admission;
-    - admitted, claimed (``claimed_until`` = the set's ``exp``): until then, unless
-      ``update_session`` ended the session first.
+    - admitted, claimed (``claimed_until`` = the set's ``exp``, or claimed on another replica, as
+      its survival shows): until the set's ``exp``, unless ``update_session`` ended it first.
     A ticket no longer kept falls to the reaper after the room's heartbeat timeout, and its slot
     goes to the next in line.
     """
@@ -129,6 +153,8 @@ def keep_alive(ticket: Ticket, periods: Periods, now: float, *, claimed_until: f
         return True
     if ticket.state is not TicketState.ADMITTED or ticket.admitted_at is None:
         return False
+    if claimed_until is None and claimed_elsewhere(ticket, periods, now, timeout_s):
+        claimed_until = ticket.admitted_at + periods.validity_s
     if claimed_until is not None:
         return now < claimed_until
     return now < ticket.admitted_at + min(periods.queue_position_expiry_s, periods.validity_s)

@@ -29,6 +29,7 @@ from waitroom_ticketing.aws_vwr_state import (
     TokenAnswer,
     is_facade_request,
     keep_alive,
+    may_claim,
     new_request_id,
     token_answer,
 )
@@ -321,3 +322,26 @@ def test_outside_development_the_facade_needs_its_own_key_file() -> None:
             ticket_secret="a-real-ticket-secret-0123",
             jwt_keys_dir="/tmp",
         )
+
+
+async def test_a_served_position_unclaimed_past_the_expiry_period_gets_410_and_a_claimed_one_its_set_again(
+    vwr: Any,
+) -> None:
+    claimer, idler = await _assign(vwr), await _assign(vwr)
+    await _serve(vwr, 2)
+    first = await vwr.http.post("/aws-vwr/generate_token", json={"event_id": "evt", "request_id": claimer})
+    vwr.clock.now += 901
+    late = await vwr.http.post("/aws-vwr/generate_token", json={"event_id": "evt", "request_id": idler})
+    assert (late.status_code, late.json()) == (410, {"error": "Queue position has expired"})
+    again = await vwr.http.post("/aws-vwr/generate_token", json={"event_id": "evt", "request_id": claimer})
+    assert again.status_code == 200 and again.json()["access_token"] == first.json()["access_token"]
+
+
+def test_a_ticket_still_admitted_well_past_its_lapse_counts_as_claimed_on_another_replica() -> None:
+    served = _ticket(TicketState.ADMITTED, admitted_at=100.0)
+    assert not may_claim(served, PERIODS, 100.0 + 901, claimed_here=False, timeout_s=20)
+    assert may_claim(served, PERIODS, 100.0 + 901, claimed_here=True, timeout_s=20)
+    # the reaper would have expired an unclaimed one by now: some replica keeps it, for a claim
+    assert may_claim(served, PERIODS, 100.0 + 900 + 20 + 12, claimed_here=False, timeout_s=20)
+    assert keep_alive(served, PERIODS, 100.0 + 900 + 20 + 12, timeout_s=20)
+    assert not keep_alive(served, PERIODS, 100.0 + 3601, timeout_s=20)
