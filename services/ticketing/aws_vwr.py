@@ -24,6 +24,7 @@ import json
 import re
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,19 +135,25 @@ class Keeper(Component):
 
     name = "aws-vwr-keeper"
 
-    def __init__(self, services: Services, periods: Periods, *, tick_s: float = 1.0) -> None:
+    def __init__(
+        self, services: Services, periods: Periods, *, tick_s: float = 1.0, max_claimed: int = 200_000
+    ) -> None:
         self._svc = services
         self._periods = periods
         self._tick_s = tick_s
         self._rooms: dict[str, _Tracked] = {}
         #: (room, request) -> the claimed set's ``exp``: a claimed session is kept until then
-        self.claimed: dict[tuple[str, str], float] = {}
+        #: (kept after the ticket ends, so a session that ran out is still told from a lapsed position)
+        self.claimed: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._max_claimed = max_claimed
         self.beats_sent = 0
         self.next_due = 0.0
 
     def claim(self, room_id: str, request_id: str, expires: float) -> None:
         key = (room_id, request_id)
-        self.claimed[key] = max(self.claimed.get(key, 0.0), expires)
+        self.claimed[key] = max(self.claimed.pop(key, 0.0), expires)
+        while len(self.claimed) > self._max_claimed:
+            self.claimed.popitem(last=False)
 
     def may_claim(self, room: RoomState, ticket: Ticket) -> bool:
         assert room.config is not None
@@ -170,7 +177,6 @@ class Keeper(Component):
             ticket = room.tickets.get(ticket_id)
             if ticket is None or not ticket.state.live:
                 tracked.live.discard(ticket_id)
-                self.forget(room.room_id, ticket_id)
             else:
                 live.append(ticket)
         return live
@@ -282,7 +288,10 @@ class Facade:
         ticket = facade_ticket(room, request_id)
         if ticket is None:
             return _answer(INVALID_REQUEST, 400)
-        match token_answer(ticket, self.periods):
+        assert room.config is not None
+        claimed_here = (room.room_id, ticket.ticket_id) in self.keeper.claimed
+        timeout = room.config.heartbeat_timeout_s
+        match token_answer(ticket, self.periods, claimed_here=claimed_here, timeout_s=timeout):
             case TokenAnswer.NOT_SERVED:
                 return _answer(NOT_SERVED, 202)
             case TokenAnswer.POSITION_EXPIRED:

@@ -83,12 +83,15 @@ class TokenAnswer(Enum):
     SESSION_ENDED = "session_ended"  # 410 "Token corresponding to request id has expired"
 
 
-def token_answer(ticket: Ticket, periods: Periods) -> TokenAnswer:
+def token_answer(
+    ticket: Ticket, periods: Periods, *, claimed_here: bool = False, timeout_s: float = 20.0
+) -> TokenAnswer:
     """What ``generate_token`` answers for the ticket.
 
-    A session that ran out (the ticket expired at or after its token's ``exp``) still gets its set
-    back, with ``expires_in`` 0, as AWS returns a stored token whatever its age; a ticket that
-    expired before that was a served position nobody claimed in time. ``update_session`` ends a
+    A session that ran out still gets its set back, with ``expires_in`` 0, as AWS returns a stored
+    token whatever its age. An expired ticket had a claimed set if this replica handed it out, or
+    if it lived longer than an unclaimed position can (kept past its lapse, the reaper's timeout and
+    slack); otherwise it was a served position nobody claimed in time. ``update_session`` ends a
     session with a leave.
     """
     match ticket.state:
@@ -98,21 +101,30 @@ def token_answer(ticket: Ticket, periods: Periods) -> TokenAnswer:
             return TokenAnswer.TOKENS
         case TicketState.LEFT:
             return TokenAnswer.SESSION_ENDED if ticket.admitted_at is not None else TokenAnswer.POSITION_EXPIRED
-    window = token_window(ticket, periods)
-    if window is not None and ticket.ended_at is not None and ticket.ended_at >= window[1]:
+    if ticket.admitted_at is None or ticket.ended_at is None:
+        return TokenAnswer.POSITION_EXPIRED
+    if claimed_here:
+        return TokenAnswer.TOKENS
+    lapse = ticket.admitted_at + min(periods.queue_position_expiry_s, periods.validity_s)
+    if ticket.ended_at >= lapse + timeout_s + REAPER_SLACK_S:
         return TokenAnswer.TOKENS
     return TokenAnswer.POSITION_EXPIRED
 
 
-def position_expires_in(ticket: Ticket, periods: Periods, now: float) -> int | None:
-    """Seconds before a served position expires (AWS's ``queue_pos_expiry``); None once it has.
-
-    AWS counts from the later of entry and serving; a waitroom ticket is admitted after it is
-    issued, so that is the admission.
-    """
+def position_lapsed(ticket: Ticket, periods: Periods, now: float) -> bool:
+    """AWS's rule, in whole seconds: a served position lapses once more than the period has passed
+    since it was served (AWS counts from the later of entry and serving; a waitroom ticket is
+    admitted after it is issued, so that is the admission)."""
     assert ticket.admitted_at is not None
-    left = periods.queue_position_expiry_s - (int(now) - int(ticket.admitted_at))
-    return left if left > 0 and ticket.state is TicketState.ADMITTED else None
+    return int(now) - int(ticket.admitted_at) > periods.queue_position_expiry_s
+
+
+def position_expires_in(ticket: Ticket, periods: Periods, now: float) -> int | None:
+    """Seconds before a served position lapses (AWS's ``queue_pos_expiry``); None once it has."""
+    assert ticket.admitted_at is not None
+    if ticket.state is not TicketState.ADMITTED or position_lapsed(ticket, periods, now):
+        return None
+    return periods.queue_position_expiry_s - (int(now) - int(ticket.admitted_at))
 
 
 #: how long past an unclaimed position's lapse the reaper surely has expired it (its checks run
@@ -131,8 +143,7 @@ def claimed_elsewhere(ticket: Ticket, periods: Periods, now: float, timeout_s: f
 def may_claim(ticket: Ticket, periods: Periods, now: float, *, claimed_here: bool, timeout_s: float) -> bool:
     """AWS hands a set out for the first time only within ``QueuePositionExpiryPeriod`` of serving;
     one already handed out is handed out again at any time."""
-    assert ticket.admitted_at is not None
-    if claimed_here or now - ticket.admitted_at <= periods.queue_position_expiry_s:
+    if claimed_here or not position_lapsed(ticket, periods, now):
         return True
     return claimed_elsewhere(ticket, periods, now, timeout_s)
 

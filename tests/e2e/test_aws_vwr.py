@@ -216,13 +216,14 @@ async def test_unclaimed_positions_lapse_sessions_end_at_their_validity_or_updat
         ended = await http.post(f"{api}/generate_token", json=ender)
         assert (ended.status_code, ended.json()) == (410, {"error": "Token corresponding to request id has expired"})
 
-        # the unclaimed position lapses after QueuePositionExpiryPeriod (+ the room's heartbeat timeout)
+        # the unclaimed position lapses after QueuePositionExpiryPeriod: watched through queue_pos_expiry
+        # (a generate_token within the period would claim it)
         async def lapsed() -> bool:
-            response = await http.post(f"{api}/generate_token", json=idler)
-            return response.status_code == 410 and response.json() == {"error": "Queue position has expired"}
+            return (await http.get(f"{api}/queue_pos_expiry", params=idler)).status_code == 410
 
         await eventually(lapsed, 20, "the unclaimed position to lapse")
-        assert (await http.get(f"{api}/queue_pos_expiry", params=idler)).status_code == 410
+        late = await http.post(f"{api}/generate_token", json=idler)
+        assert (late.status_code, late.json()) == (410, {"error": "Queue position has expired"})
 
         # the claimed session ends at its exp: the same tokens come back with expires_in 0
         async def listed() -> Any:
@@ -238,6 +239,8 @@ async def test_unclaimed_positions_lapse_sessions_end_at_their_validity_or_updat
         await eventually(room_empty, 20, "the reaper to end the claimed session")
         after = await http.post(f"{api}/generate_token", json=claimer)
         assert after.json() == claimed | {"expires_in": 0}
+        expired = await http.post(f"{api}/generate_token", json=idler)  # its ticket too has ended by now
+        assert (expired.status_code, expired.json()) == (410, {"error": "Queue position has expired"})
         active = await http.get(f"{private}/num_active_tokens", params={"event_id": "evt"}, headers=auth)
         assert active.json() == {"active_tokens": 0}
 

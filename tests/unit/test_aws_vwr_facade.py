@@ -257,7 +257,7 @@ async def test_queue_pos_expiry_counts_down_from_admission_and_expired_tokens_li
     vwr.clock.now += 100
     left = await vwr.http.get("/aws-vwr/queue_pos_expiry", params=params)
     assert left.json() == {"expires_in": 800}
-    vwr.clock.now += 800
+    vwr.clock.now += 801  # more than the period: AWS says 0 left at exactly 900
     gone = await vwr.http.get("/aws-vwr/queue_pos_expiry", params=params)
     assert (gone.status_code, gone.json()) == (410, {"error": "Queue position has expired"})
     listed = await vwr.admin.get("/aws-vwr/expired_tokens?event_id=evt", headers=ADMIN)
@@ -298,7 +298,11 @@ def test_a_session_that_ran_out_gets_its_tokens_back_and_an_unclaimed_lapsed_pos
     assert token_answer(_ticket(TicketState.WAITING, admitted_at=None), PERIODS) is TokenAnswer.NOT_SERVED
     assert token_answer(_ticket(TicketState.ADMITTED), PERIODS) is TokenAnswer.TOKENS
     ran_out = _ticket(TicketState.EXPIRED, ended_at=100.0 + 3600 + 25)
-    assert token_answer(ran_out, PERIODS) is TokenAnswer.TOKENS
+    assert token_answer(ran_out, PERIODS) is TokenAnswer.TOKENS  # on any replica: it lived too long to be unclaimed
+    short = Periods(queue_position_expiry_s=2, validity_s=6)
+    short_session = _ticket(TicketState.EXPIRED, ended_at=100.0 + 6 + 4)
+    assert token_answer(short_session, short, claimed_here=True, timeout_s=4) is TokenAnswer.TOKENS
+    assert token_answer(short_session, short, claimed_here=False, timeout_s=4) is TokenAnswer.POSITION_EXPIRED
     lapsed = _ticket(TicketState.EXPIRED, ended_at=100.0 + 900 + 25)
     assert token_answer(lapsed, PERIODS) is TokenAnswer.POSITION_EXPIRED
     assert token_answer(_ticket(TicketState.LEFT, ended_at=200.0), PERIODS) is TokenAnswer.SESSION_ENDED
