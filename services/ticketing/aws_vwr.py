@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from waitroom_core.room import MAX_ADMIT_COUNT, RoomState, Ticket, TicketState
 from waitroom_events.commands import AdmitRequested, JoinRequested, LeaveRequested
@@ -106,7 +107,7 @@ async def _body(request: Request, required: dict[str, type | tuple[type, ...]]) 
     """The JSON object body, with each required field of its JSON type, as API Gateway's validator checks."""
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, ClientDisconnect):
         raise AwsAnswer(400, INVALID_BODY) from None
     if not isinstance(body, dict):
         raise AwsAnswer(400, INVALID_BODY)
