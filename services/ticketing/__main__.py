@@ -24,6 +24,7 @@ from waitroom_platform.runtime import Component
 from waitroom_platform.service import run_service
 from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
+from waitroom_ticketing.aws_vwr import mount_aws_vwr
 from waitroom_ticketing.console import ConsoleFeed, mount_console
 from waitroom_ticketing.edge import TrustedProxies
 from waitroom_ticketing.heartbeats import HeartbeatCoalescer
@@ -169,6 +170,7 @@ def build(settings: TicketingSettings) -> list[Component]:
         admin_app = create_admin_app(services, docs=settings.docs_enabled, public_openapi=public_app.openapi)
         console = ConsoleFeed(settings.kafka, topics)
         mount_console(admin_app, console)
+        aws_vwr = mount_aws_vwr(settings, services, public_app, admin_app)
         instrument_fastapi(public_app)
         instrument_fastapi(admin_app)
         admin_server = HttpServer(
@@ -178,7 +180,7 @@ def build(settings: TicketingSettings) -> list[Component]:
         )
         public_server = HttpServer(http_config(public_app, settings.host, settings.port, settings))
         # The console's feed last: stopped first, it ends the open console streams before the admin drain.
-        components += [producer, heartbeats, read_model, stats_view, admin_server, public_server, console]
+        components += [producer, heartbeats, read_model, stats_view, admin_server, public_server, *aws_vwr, console]
     return components
 
 

@@ -10,13 +10,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from waitroom_platform.settings import CommonSettings, KafkaSettings, require_secret
+from waitroom_ticketing.aws_vwr_settings import AwsVwrSettings
 from waitroom_ticketing.edge import parse_networks
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - refused outside development
 DEV_TICKET_SECRET = "dev-ticket-secret-not-for-production"  # noqa: S105 - refused outside development
 
 
-class TicketingSettings(BaseSettings):
+class TicketingSettings(AwsVwrSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAITROOM_TICKETING_", extra="ignore")
     DEPRECATED_ENV: ClassVar[dict[str, str]] = {"WAITROOM_TICKETING_SEQUENCER_GROUP": "WAITROOM_TICKETING_GROUP_ID"}
 

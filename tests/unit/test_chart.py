@@ -561,3 +561,35 @@ def test_helm_lint_passes_with_every_edge_feature_on() -> None:
     }
     result = _helm("lint", "--strict", values=values, json_values={"ticketing.trustedProxies": ["10.244.0.0/16"]})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_aws_vwr_facade_is_off_by_default_and_its_values_reach_the_api_its_key_and_the_ingress() -> None:
+    api = _one(_render(), "Deployment", "wr-waitroom-ticketing")
+    assert not [name for name in _env(api["spec"]["template"]["spec"]["containers"][0]) if "AWS_VWR" in name]
+    values = {
+        "ticketing.awsVwr.enabled": "true",
+        "ticketing.awsVwr.prefix": "/prod",
+        "ticketing.awsVwr.queuePositionExpiryPeriod": "300",
+        "ticketing.awsVwr.keySecret": "vwr-key",
+        "ingress.enabled": "true",
+    }
+    docs = _render(values)
+    _validate(docs)
+    pod = _one(docs, "Deployment", "wr-waitroom-ticketing")["spec"]["template"]["spec"]
+    env = {name: e.get("value") for name, e in _env(pod["containers"][0]).items() if "AWS_VWR" in name}
+    assert env == {
+        "WAITROOM_TICKETING_AWS_VWR_ENABLED": "true",
+        "WAITROOM_TICKETING_AWS_VWR_PREFIX": "/prod",
+        "WAITROOM_TICKETING_AWS_VWR_QUEUE_POSITION_EXPIRY_PERIOD": "300",
+        "WAITROOM_TICKETING_AWS_VWR_VALIDITY_PERIOD": "3600",
+        "WAITROOM_TICKETING_AWS_VWR_KEY_FILE": "/etc/waitroom/aws-vwr-key/key.pem",
+    }
+    [volume] = [v for v in pod["volumes"] if v["name"] == "aws-vwr-key"]
+    assert volume["secret"]["secretName"] == "vwr-key"
+    ingress = _one(docs, "Ingress", "wr-waitroom-ticketing")
+    [rule] = ingress["spec"]["rules"]
+    assert [p["path"] for p in rule["http"]["paths"]] == [p["path"] for p in PUBLIC_PATHS] + ["/prod"]
+    missing = _helm("template", "wr", values={**REQUIRED, "ticketing.awsVwr.enabled": "true"})
+    assert missing.returncode != 0 and "ticketing.awsVwr.keySecret is required" in missing.stderr
+    bad = _helm("template", "wr", values={**REQUIRED, "ticketing.awsVwr.prefix": "prod/"})
+    assert bad.returncode != 0 and "prefix" in bad.stderr
