@@ -1,4 +1,5 @@
-"""The baseline: bare FastAPI endpoints shaped like a join and a heartbeat, served as ticketing is served.
+"""The baseline: bare FastAPI endpoints shaped like a join, a heartbeat and a status call, served
+as ticketing is served.
 
 No Kafka, no read model, no tokens: what is left is FastAPI, uvicorn, path validation and a JSON body
 of a ticket's size. Served exactly like ``python -m waitroom_ticketing``: one process, the uvicorn
@@ -15,6 +16,9 @@ import asyncio
 import base64
 import itertools
 import os
+import socket
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -56,6 +60,10 @@ def create_app() -> FastAPI:
     async def heartbeat(room_id: RoomId, ticket_id: TicketId) -> Response:
         return JSONResponse(_ticket(room_id, ticket_id, 500, None))
 
+    @app.get("/v1/rooms/{room_id}/tickets/{ticket_id}")
+    async def status(room_id: RoomId, ticket_id: TicketId) -> Response:
+        return JSONResponse(_ticket(room_id, ticket_id, 500, None))
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> dict[str, bool]:
         return {"ready": True}
@@ -67,7 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline_app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     args = parser.parse_args(argv)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "bench.baseline_app", "--host", args.host, "--port", str(args.port)])  # noqa: S603
+        for _ in range(args.workers - 1)
+    ]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as ticketing's workers
+    sock.bind((args.host, args.port))
     configure_logging("INFO", "json", service="baseline")
     # The same options as ticketing's composition root (services/ticketing/__main__.py).
     config = uvicorn.Config(
@@ -80,12 +97,16 @@ def main(argv: list[str] | None = None) -> None:
         timeout_keep_alive=75,
         backlog=4096,
     )
+    server = uvicorn.Server(config)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(uvicorn.Server(config).serve())
+        asyncio.run(server.serve(sockets=[sock]))
     else:
-        uvloop.run(uvicorn.Server(config).serve())
+        uvloop.run(server.serve(sockets=[sock]))
+    finally:
+        for child in children:
+            child.terminate()
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def machine_facts() -> dict[str, str]:
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a running process (all its threads), from /proc/<pid>/stat."""
+    """User + system CPU seconds of a running process (all its threads) and of its live child
+    processes (an API's extra workers), from /proc/<pid>/stat."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -70,7 +71,19 @@ def process_cpu_s(pid: int) -> float | None:
     # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
     fields = stat.rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / _TICKS
+    total = (utime + stime) / _TICKS
+    for child in _children(pid):
+        total += process_cpu_s(child) or 0.0
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(x) for x in (task / "children").read_text().split()]
+    return found
 
 
 def machine_busy_s() -> float:

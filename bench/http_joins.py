@@ -20,6 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,11 +71,13 @@ class Row:
 
 
 def start_servers(
-    broker: Broker, work_dir: Path, partitions: int, telemetry: bool
+    broker: Broker, work_dir: Path, partitions: int, telemetry: bool, workers: int = 1
 ) -> tuple[ServiceProcess, ServiceProcess]:
     topics = fresh_topics(broker.bootstrap, partitions)
     say(f"topics under {topics.commands.name.removesuffix('.commands')}; starting ticketing and the baseline ...")
-    ticketing = ticketing_process(broker.bootstrap, topics, work_dir, telemetry=telemetry).start()
+    ticketing = ticketing_process(
+        broker.bootstrap, topics, work_dir, telemetry=telemetry, WAITROOM_TICKETING_WORKERS=str(workers)
+    ).start()
     port = free_port()
     baseline = ServiceProcess(
         "baseline",
@@ -80,7 +85,7 @@ def start_servers(
         {"PYTHONPATH": str(REPO_ROOT)},
         work_dir / "baseline.log",
         ready_url=f"http://127.0.0.1:{port}/readyz",
-        args=("--port", str(port)),
+        args=("--port", str(port), "--workers", str(workers)),
     ).start()
     ticketing.wait_ready(120)
     baseline.wait_ready(60)
@@ -123,21 +128,55 @@ async def _join_many(base: str, room_id: str, count: int, concurrency: int) -> l
     return tickets
 
 
-def prepare_heartbeats(base: str, admin: str, count: int, capacity: int) -> list[RequestSpec]:
-    """``count`` issued tickets in their own room; one heartbeat request per ticket, with its token."""
+@dataclass
+class Prepared:
+    waiting: list[dict[str, Any]]
+    admitted: list[dict[str, Any]]
+
+    def heartbeats(self, tickets: list[dict[str, Any]]) -> list[RequestSpec]:
+        return [
+            RequestSpec("POST", f"/v1/rooms/{HEARTBEAT_ROOM}/tickets/{t['ticket_id']}/heartbeat", bearer(t))
+            for t in tickets
+        ]
+
+    def statuses(self) -> list[RequestSpec]:
+        return [
+            RequestSpec("GET", f"/v1/rooms/{HEARTBEAT_ROOM}/tickets/{t['ticket_id']}", bearer(t)) for t in self.waiting
+        ]
+
+
+def bearer(ticket: dict[str, Any]) -> str:
+    return f"Bearer {ticket['ticket_token']}"
+
+
+def prepare_tickets(base: str, admin: str, count: int, capacity: int) -> Prepared:
+    """``count`` issued tickets in their own room: the first ``capacity`` admitted, the rest waiting."""
     create_room(base, admin, HEARTBEAT_ROOM, capacity)
-    say(f"joining {count} tickets for the heartbeat runs ...")
+    say(f"joining {count} tickets for the heartbeat and status runs ...")
     tickets = asyncio.run(_join_many(base, HEARTBEAT_ROOM, count, concurrency=32))
-    return [
-        RequestSpec(
-            "POST", f"/v1/rooms/{HEARTBEAT_ROOM}/tickets/{t['ticket_id']}/heartbeat", f"Bearer {t['ticket_token']}"
-        )
-        for t in tickets
-    ]
+    return Prepared(
+        waiting=[t for t in tickets if t.get("state") == "waiting"],
+        admitted=[t for t in tickets if t.get("state") == "admitted"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # measuring
+
+
+def start_profile(folder: Path | None, name: str, pid: int | None) -> subprocess.Popen[bytes] | None:
+    """py-spy (``pip install py-spy``) recording ``pid`` into ``folder/<name>.json`` (speedscope)."""
+    if folder is None or pid is None or shutil.which("py-spy") is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = ["py-spy", "record", "-p", str(pid), "-o", str(folder / f"{name}.json"), "-f", "speedscope", "-r", "100"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
 
 
 def measure(
@@ -154,6 +193,7 @@ def measure(
         if args.warmup > 0:
             run_load(client, url, specs, connections=args.connections, duration_s=args.warmup, max_requests=0)
         meter = CpuMeter({"server": proc.pid, "broker": broker.pid})
+        spy = start_profile(args.profile, f"{shape.replace(' ', '-')}-{target}", proc.pid)
         meter.start()
         result = run_load(
             client,
@@ -165,6 +205,7 @@ def measure(
             threads=args.threads,
         )
         cores = meter.stop()
+        stop_profile(spy)
         say(
             f"  {shape:9} {target:9} {result.throughput:8.0f} req/s  p99 {result.p99_ms:7.1f} ms  "
             f"errors {result.errors}"
@@ -312,9 +353,10 @@ def report(args: argparse.Namespace, client: str, client_note: str, broker: Brok
         f"- join: `POST /v1/rooms/{JOIN_ROOM}/tickets`, a room of capacity {args.capacity}, so all but the first "
         f"{args.capacity} joins wait; a 201 means the sequencer issued the ticket and the API's read model saw it "
         "(the full path through Kafka); the baseline answers a ticket-sized JSON at once",
-        f"- heartbeat: `POST /v1/rooms/{HEARTBEAT_ROOM}/tickets/<id>/heartbeat` cycling over {n} issued tickets, "
-        f"each with its own token ({admitted} admitted, so {admitted * 100 // max(n, 1)} % of answers carry a "
-        "freshly signed entry token); the baseline answers the same body without checks",
+        f"- heartbeat waiting / admitted: `POST /v1/rooms/{HEARTBEAT_ROOM}/tickets/<id>/heartbeat` cycling over "
+        f"the {n - admitted} waiting, or the {admitted} admitted, of {n} issued tickets, each with its own token "
+        "(an admitted ticket's answer carries its entry token, re-signed once past half its lifetime); "
+        "status: `GET` of the waiting tickets; the baseline answers the same body without checks",
         "- CPU columns: cores = CPU seconds / wall seconds of the row; client from wait4, server and Kafka from "
         "/proc/<pid>/stat, whole machine from /proc/stat (everyone's work, ours included)",
         "",
@@ -344,6 +386,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=12, help="partitions of each room topic (default 12)")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
+        "--shapes",
+        default="join,heartbeat waiting,heartbeat admitted,status",
+        help="comma-separated request shapes (default: all four)",
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy profiles of ticketing per row into this folder")
+    parser.add_argument("--workers", type=int, default=1, help="API processes (WAITROOM_TICKETING_WORKERS)")
+    parser.add_argument(
         "--telemetry",
         action="store_true",
         help="run ticketing with this environment's OTEL_* settings (default: telemetry off, like the baseline)",
@@ -371,23 +420,29 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("WARNING", "console", service="bench")  # library logs to stderr; stdout is the report
     client, client_note = choose_client(args.client)
     with tempfile.TemporaryDirectory(prefix="waitroom-bench-") as tmp, broker_for_bench(Path(tmp)) as broker:
-        ticketing, baseline = start_servers(broker, Path(tmp), args.partitions, args.telemetry)
+        ticketing, baseline = start_servers(broker, Path(tmp), args.partitions, args.telemetry, args.workers)
         try:
             ticketing_url, ticketing_admin = base_url(ticketing), admin_url(ticketing)
             create_room(ticketing_url, ticketing_admin, JOIN_ROOM, args.capacity)
-            heartbeats = prepare_heartbeats(ticketing_url, ticketing_admin, args.tickets, args.capacity)
+            prepared = prepare_tickets(ticketing_url, ticketing_admin, args.tickets, args.capacity)
             targets = {"baseline": baseline, "waitroom": ticketing}
             say(f"measuring with {client}: {args.connections} connections, {args.duration:g} s per row ...")
-            joins = [RequestSpec("POST", f"/v1/rooms/{JOIN_ROOM}/tickets")]
-            rows = measure(args, client, "join", joins, targets, broker)
-            rows += measure(args, client, "heartbeat", heartbeats, targets, broker)
+            shapes = {
+                "join": [RequestSpec("POST", f"/v1/rooms/{JOIN_ROOM}/tickets")],
+                "heartbeat waiting": prepared.heartbeats(prepared.waiting),
+                "heartbeat admitted": prepared.heartbeats(prepared.admitted),
+                "status": prepared.statuses(),
+            }
+            rows = []
+            for shape in args.shapes.split(","):
+                rows += measure(args, client, shape, shapes[shape], targets, broker)
         except BaseException:
             say(f"ticketing log tail:\n{ticketing.log_tail()}")
             raise
         finally:
             ticketing.stop()
             baseline.stop()
-        text = report(args, client, client_note, broker, rows, len(heartbeats))
+        text = report(args, client, client_note, broker, rows, len(prepared.waiting) + len(prepared.admitted))
     sys.stdout.write(text + "\n")
     if args.write_docs:
         write_section(SECTION, text)

@@ -34,6 +34,7 @@ from waitroom_ticketing.sequencer import Sequencer, SequencerOptions
 from waitroom_ticketing.settings import TicketingSettings
 from waitroom_ticketing.stats_view import StatsView
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
+from waitroom_ticketing.workers import Workers
 
 log = structlog.get_logger()
 
@@ -64,7 +65,15 @@ class HttpServer(Component):
     component's name) and port 0 is known, and logged, before the service says it is started.
     """
 
-    def __init__(self, config: uvicorn.Config, *, name: str = "http", event: str = "ticketing_listening") -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        name: str = "http",
+        event: str = "ticketing_listening",
+        reuse_port: bool = False,
+    ) -> None:
+        self._reuse_port = reuse_port
         self.name = name
         self._event = event
         self._server = uvicorn.Server(config)
@@ -75,7 +84,7 @@ class HttpServer(Component):
         self.url: str | None = None
 
     async def start(self) -> None:
-        self._socket = bind(self._config.host, self._config.port)
+        self._socket = bind(self._config.host, self._config.port, reuse_port=self._reuse_port)
         port = self._socket.getsockname()[1]
         host = self._config.host
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -96,12 +105,14 @@ class HttpServer(Component):
         return self._server.started
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to ``host:port`` (port 0: a free one); uvicorn listens on it. Unlike
     uvicorn's own binding, a failure raises ``OSError`` instead of exiting the process."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # several workers on one port: the kernel spreads the connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -178,9 +189,14 @@ def build(settings: TicketingSettings) -> list[Component]:
             name="admin_http",
             event="admin_listening",
         )
-        public_server = HttpServer(http_config(public_app, settings.host, settings.port, settings))
+        public_server = HttpServer(
+            http_config(public_app, settings.host, settings.port, settings),
+            reuse_port=settings.workers > 1 or settings.worker_index > 0,
+        )
         # The console's feed last: stopped first, it ends the open console streams before the admin drain.
         components += [producer, heartbeats, read_model, stats_view, admin_server, public_server, *aws_vwr, console]
+        if settings.workers > 1:
+            components.append(Workers(settings.workers))
     return components
 
 

@@ -28,6 +28,10 @@ class TicketingSettings(AwsVwrSettings, BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     keepalive_s: int = Field(default=75, ge=1, le=3600)
+    #: API processes on this host sharing the public port (services/ticketing/workers.py)
+    workers: int = Field(default=1, ge=1, le=64)
+    #: set by worker 0 for the workers it starts; not an operator's setting
+    worker_index: int = Field(default=0, ge=0)
     #: the admin listener: ``/v1/admin/...`` and the API docs, never on the public port; 0 picks a free port
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8001, ge=0, le=65535)
@@ -75,6 +79,14 @@ class TicketingSettings(AwsVwrSettings, BaseSettings):
             return [str(network) for network in parse_networks(value)]
         except ValueError as exc:
             raise ValueError(f"trusted_proxies: {exc}") from None
+
+    @model_validator(mode="after")
+    def _workers(self) -> TicketingSettings:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 need a fixed port (they share it): set WAITROOM_TICKETING_PORT")
+        if self.workers > 1 and self.role == "sequencer":
+            raise ValueError("workers are API processes: role 'sequencer' serves no HTTP")
+        return self
 
     @model_validator(mode="after")
     def _ports(self) -> TicketingSettings:
