@@ -633,7 +633,7 @@ down() {
     kubectl delete pods --all --all-namespaces --force --grace-period=0 --wait=false >/dev/null 2>&1 || true
     if pid_of containerd >/dev/null; then
       local i
-      for i in $(seq 100); do
+      for i in $(seq 50); do
         [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break
         sleep 0.2
       done
