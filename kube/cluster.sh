@@ -112,16 +112,26 @@ start() {  # start <name> <command...>: a session of its own, output to logs/<na
   echo $! >"$PIDS/$name.pid"
 }
 
-stop_pid() {  # SIGTERM, up to 10 s, then SIGKILL
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || return 0
+alive() {  # the PIDs of those given that still run
+  local pid
+  for pid in "$@"; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done
+  return 0
+}
+
+stop_pid() {  # stop_pid <pid>...: SIGTERM to all at once, up to 10 s, then SIGKILL
+  local left
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  for _ in $(seq 50); do
+    left=$(alive "$@")
+    [ -n "$left" ] || return 0
     sleep 0.2
   done
-  kill -KILL "$pid" 2>/dev/null || true
-  for i in $(seq 25); do
-    kill -0 "$pid" 2>/dev/null || return 0
+  # shellcheck disable=SC2086 # a list of PIDs
+  kill -KILL $left 2>/dev/null || true
+  for _ in $(seq 25); do
+    # shellcheck disable=SC2086
+    [ -n "$(alive $left)" ] || return 0
     sleep 0.2
   done
 }
@@ -219,7 +229,6 @@ extendedKeyUsage=clientAuth"
     chmod 600 ./*.key
   )
   # Static tokens, one identity per component (token,user,uid,"group1,group2").
-  local tok
   tok() { openssl rand -hex 24; }
   {
     echo "$(tok),admin,admin,system:masters"
@@ -431,7 +440,8 @@ import_images() {
   [ -n "$refs" ] || log "no project images in podman (make containers builds them)"
   while read -r ref id; do
     [ -n "$ref" ] || continue
-    local stamp="$stamps/$(printf '%s' "$ref" | tr '/:' '__')"
+    local stamp
+    stamp="$stamps/$(printf '%s' "$ref" | tr '/:' '__')"
     if [ "$(cat "$stamp" 2>/dev/null)" = "$id" ] && ctr_ images ls -q | grep -qx "$ref"; then
       continue
     fi
@@ -627,23 +637,27 @@ down() {
   t0=$(now)
   # Pods first, while the kubelet can still tear their sandboxes down through CNI.
   if pid_of kubelet >/dev/null && pid_of kube-apiserver >/dev/null; then
-    for d in kube-controller-manager kube-scheduler; do
-      pid=$(pid_of "$d") && stop_pid "$pid"
-    done
+    # shellcheck disable=SC2046 # a list of PIDs
+    stop_pid $(pid_of kube-controller-manager) $(pid_of kube-scheduler)
     kubectl delete pods --all --all-namespaces --force --grace-period=0 --wait=false >/dev/null 2>&1 || true
     if pid_of containerd >/dev/null; then
-      local i
-      for i in $(seq 50); do
+      local _
+      for _ in $(seq 50); do
         [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break
         sleep 0.2
       done
     fi
   fi
-  for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
-    d=${DAEMONS[i]}
-    [ "$d" = containerd ] && continue
-    pid=$(pid_of "$d") && stop_pid "$pid"
+  # The pods are gone: the rest may stop together, but etcd after the API server (which otherwise
+  # hangs in its shutdown), containerd last (after what it still runs).
+  local pids=()
+  for d in "${DAEMONS[@]}"; do
+    case "$d" in containerd | etcd) continue ;; esac
+    if pid=$(pid_of "$d"); then pids+=("$pid"); fi
   done
+  stop_pid "${pids[@]}"
+  # shellcheck disable=SC2046 # a list of PIDs
+  stop_pid $(pid_of etcd)
   # Whatever the kubelet left: kill the containers' tasks and remove them with their snapshots.
   if pid_of containerd >/dev/null; then
     local c
@@ -653,7 +667,8 @@ down() {
     for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1 || true; done
     pid=$(pid_of containerd) && stop_pid "$pid"
   fi
-  for pid in $(stray_pids); do stop_pid "$pid"; done
+  # shellcheck disable=SC2046 # a list of PIDs
+  stop_pid $(stray_pids)
   if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
   clean_iptables
   # Every mount of ours, deepest first: the sandboxes' network namespaces (containerd keeps them
