@@ -5,7 +5,7 @@
 PYTHON ?= python3
 STAMP := .cache/installed.stamp
 
-.PHONY: dev test lint unit browser install images containers clean
+.PHONY: dev test lint unit browser install images containers kube-build kube-up kube-down clean
 
 install: $(STAMP)
 
@@ -25,9 +25,9 @@ lint: install
 	lint-imports
 
 unit: install
-	$(PYTHON) -m pytest -m "not integration and not e2e and not browser and not containers"
+	$(PYTHON) -m pytest -m "not integration and not e2e and not browser and not containers and not kube"
 
-test: lint browser containers
+test: lint browser containers kube-build
 	$(PYTHON) -m pytest
 
 # The browser tests drive Debian's Chromium through Playwright (no browser download).
@@ -47,6 +47,22 @@ containers: install
 	@if [ "$$(id -u)" != 0 ] && ! command -v podman >/dev/null; then \
 	  echo "containers: podman is not installed and this is not root: the container tests will be skipped"; \
 	else images/build.sh all; fi
+
+# A real single-node Kubernetes on this machine (docs/kubernetes.md): kube-build compiles its binaries
+# from the Go module proxy once (~20 min on 2 cores; cached in ~/.cache/waitroom/kube, reused after),
+# kube-up starts it (and imports the images of `make containers`), kube-down stops it and leaves the
+# host as it was. The Kubernetes tests (tests/kube, marker kube) start and stop it themselves.
+# Without root there is no cluster: kube-build then says so and the tests are skipped.
+kube-build:
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "kube-build: not root: no local Kubernetes, the kube tests will be skipped"; \
+	else kube/build.sh all; fi
+
+kube-up: kube-build
+	kube/cluster.sh up
+
+kube-down:
+	kube/cluster.sh down
 
 clean:
 	rm -rf .cache var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

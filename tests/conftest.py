@@ -2,8 +2,9 @@
 
 Layers are marked by folder: tests under ``tests/integration`` get the ``integration`` marker, under
 ``tests/e2e`` the ``e2e`` marker, under ``tests/containers`` the ``containers`` marker (the images
-on podman), and any other test that asks for a broker is an integration test too. So ``pytest -m
-"not integration and not e2e and not containers"`` runs exactly what needs no Kafka.
+on podman), under ``tests/kube`` the ``kube`` marker (the chart on a local Kubernetes), and any
+other test that asks for a broker is an integration test too. So ``pytest -m
+"not integration and not e2e and not containers and not kube"`` runs exactly what needs no Kafka.
 
 Which Kafka the ``kafka_bootstrap`` fixture gives, once per session:
 
@@ -38,6 +39,7 @@ LAYER_MARKERS = {
     "e2e": pytest.mark.e2e,
     "browser": pytest.mark.browser,
     "containers": pytest.mark.containers,
+    "kube": pytest.mark.kube,
 }
 BROKER_FIXTURES = {"kafka_bootstrap", "topics"}
 

@@ -481,6 +481,7 @@ def test_kafka_security_is_off_by_default_and_the_sasl_username_may_come_from_th
             {"ticketing.autoscaling.enabled": "true", "ticketing.resources.requests.cpu": "null"},
             "needs ticketing.resources.requests.cpu",
         ),
+        ({"image.tag": "latest"}, "image.tag must name a version, not latest"),
     ],
 )
 def test_contradicting_values_fail_the_install_with_a_clear_message(values: dict[str, str], message: str) -> None:
@@ -593,3 +594,52 @@ def test_the_aws_vwr_facade_is_off_by_default_and_its_values_reach_the_api_its_k
     assert missing.returncode != 0 and "ticketing.awsVwr.keySecret is required" in missing.stderr
     bad = _helm("template", "wr", values={**REQUIRED, "ticketing.awsVwr.prefix": "prod/"})
     assert bad.returncode != 0 and "prefix" in bad.stderr
+
+
+def test_the_helm_test_hook_visits_through_both_services_and_is_deleted_once_it_passed() -> None:
+    docs = _render()
+    [pod] = [doc for doc in docs if doc["kind"] == "Pod"]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "test"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    # Not under the release's default-deny policy, and an admin client.
+    assert "app.kubernetes.io/name" not in pod["metadata"]["labels"]
+    assert pod["metadata"]["labels"]["waitroom.dev/admin-client"] == "true"
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == "waitroom:0.1.0"
+    env = {e["name"]: e.get("value") or e["valueFrom"] for e in container["env"]}
+    assert env["WAITROOM_TEST_PUBLIC_URL"] == "http://wr-waitroom-ticketing:80"
+    assert env["WAITROOM_TEST_ADMIN_URL"] == "http://wr-waitroom-ticketing-admin:8001"
+    assert env["WAITROOM_TEST_ADMIN_TOKEN"] == {"secretKeyRef": {"name": "wr-waitroom-secrets", "key": "admin-token"}}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The script is an ordinary resource of the release (helm uninstall removes it), the file of the chart.
+    [script] = [
+        doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "wr-waitroom-helm-test"
+    ]
+    assert script["data"]["helm-test.py"] == (CHART / "files" / "helm-test.py").read_text()
+    assert not [doc for doc in _render({"helmTest.enabled": "false"}) if doc["kind"] in ("Pod", "ConfigMap")]
+
+
+def test_the_values_of_the_local_cluster_lint_and_never_pull_an_image() -> None:
+    result = subprocess.run(
+        ["helm", "lint", "--strict", str(CHART), "-f", str(CHART / "ci" / "kube-values.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rendered = subprocess.run(
+        ["helm", "template", "wr", str(CHART), "-f", str(CHART / "ci" / "kube-values.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    pods = [doc["spec"] for doc in docs if doc["kind"] == "Pod"]
+    pods += [doc["spec"]["template"]["spec"] for doc in docs if doc["kind"] in ("Deployment", "Job")]
+    assert len(pods) == 6
+    for pod in pods:
+        for container in pod["containers"]:
+            assert container["image"] == "localhost/waitroom:0.1.0"
+            assert container["imagePullPolicy"] == "Never"

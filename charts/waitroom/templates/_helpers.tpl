@@ -159,6 +159,9 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Checks across values that the schema cannot express; renders nothing. */}}
 {{- define "waitroom.validate" -}}
+{{- if eq (.Values.image.tag | default .Chart.AppVersion) "latest" -}}
+{{- fail "image.tag must name a version, not latest (a :latest image is pulled again on every start, and follows whatever was pushed last)" -}}
+{{- end -}}
 {{- $k := .Values.kafka -}}
 {{- $saslProtocol := hasPrefix "SASL_" $k.securityProtocol -}}
 {{- if and $k.sasl.mechanism (not $saslProtocol) -}}
