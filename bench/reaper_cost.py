@@ -41,7 +41,7 @@ from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.codec import decode, encode
 from waitroom_events.commands import ExpireRequested
 from waitroom_events.events import RoomConfigured, TicketIssued
-from waitroom_events.heartbeats import Heartbeat
+from waitroom_events.heartbeats import Heartbeat, HeartbeatBatch
 from waitroom_events.topics import TopicRegistry
 
 TIMEOUT_S = 20.0
@@ -153,7 +153,10 @@ async def seed(bootstrap: str, topics: TopicRegistry, rooms: list[str], tickets:
 class HeartbeatGenerator:
     """Every ticket heartbeats every ``interval_s``, phases spread evenly; ``silence`` stops some."""
 
-    def __init__(self, bootstrap: str, topic: str, tickets: list[tuple[str, str]], interval_s: float) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, tickets: list[tuple[str, str]], interval_s: float, batch: bool = False
+    ) -> None:
+        self._batch = batch
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=512 * 1024)
         self._topic = topic
         self._tickets = tickets
@@ -179,7 +182,22 @@ class HeartbeatGenerator:
                     await asyncio.sleep(delay)
                 else:
                     self.behind_s = max(self.behind_s, -delay)
-                for room, ticket_id in per_slot[n % slots]:
+                if self._batch:
+                    # as the API's coalescing writes them: one record per room per slot (a 100 ms window)
+                    by_room: dict[str, list[str]] = {}
+                    for room, ticket_id in per_slot[n % slots]:
+                        if ticket_id not in self.silenced:
+                            by_room.setdefault(room, []).append(ticket_id)
+                    for room, ids in by_room.items():
+                        at = time.time()
+                        record = encode(HeartbeatBatch(room_id=room, ticket_ids=ids, at=at))
+                        pending.append(
+                            await self._producer.send(self._topic, record.value, key=record.key, headers=record.headers)
+                        )
+                        for ticket_id in ids:
+                            self.last_sent[ticket_id] = at
+                        self.sent += len(ids)
+                for room, ticket_id in [] if self._batch else per_slot[n % slots]:
                     if ticket_id in self.silenced:
                         continue
                     at = time.time()
@@ -221,7 +239,7 @@ def run_one(bootstrap: str, n_tickets: int, args: argparse.Namespace, work_dir: 
     watched = [topics.heartbeats.name, topics.reaper_delay.name, topics.commands.name]
 
     async def scenario() -> tuple[Result, HeartbeatGenerator]:
-        generator = HeartbeatGenerator(bootstrap, topics.heartbeats.name, tickets, args.interval)
+        generator = HeartbeatGenerator(bootstrap, topics.heartbeats.name, tickets, args.interval, args.batch)
         warmup_s = 12.0
         loop_start = time.monotonic()
         gen = asyncio.create_task(generator.run(until=loop_start + warmup_s + args.duration))
@@ -347,7 +365,9 @@ def report(results: list[Result], facts: str, args: argparse.Namespace) -> str:
             facts,
             f"- scenario: {args.rooms} rooms, {args.partitions} partitions per room topic, "
             f"every ticket heartbeats every {args.interval:.0f} s "
-            "(produced straight to the heartbeats topic by the bench), room timeout "
+            "(produced straight to the heartbeats topic by the bench"
+            + (", coalesced as the API writes them: one `HeartbeatBatch` per room per 100 ms" if args.batch else "")
+            + "), room timeout "
             f"{TIMEOUT_S:.0f} s, delay topic 10 s; a 12 s warm-up, then {args.duration:.0f} s measured. "
             f"{args.silent_fraction:.0%} of the tickets stop heartbeating 10 s into the window.",
             "- records: check records are the reaper's durable schedule on the delay topic (one per room with live "
@@ -370,6 +390,9 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--silent-fraction", type=float, default=0.01)
+    parser.add_argument(
+        "--batch", action="store_true", help="heartbeats as HeartbeatBatch records, as the API coalesces them"
+    )
     parser.add_argument("--write-docs", action="store_true", help=f"replace the '## {SECTION}' section of docs")
     args = parser.parse_args()
     args.duration = min(args.duration, 300.0)
@@ -377,9 +400,10 @@ def main() -> None:
         facts = run_facts(broker)
         results = [run_one(broker.bootstrap, n, args, Path(tmp)) for n in args.tickets]
     text = report(results, facts, args)
+    section = f"{SECTION}, coalesced heartbeats" if args.batch else SECTION
     print(text)
     if args.write_docs:
-        write_section(SECTION, text)
+        write_section(section, text)
 
 
 if __name__ == "__main__":
