@@ -28,6 +28,7 @@ from waitroom_ticketing.aws_vwr import mount_aws_vwr
 from waitroom_ticketing.console import ConsoleFeed, mount_console
 from waitroom_ticketing.edge import TrustedProxies
 from waitroom_ticketing.heartbeats import HeartbeatCoalescer
+from waitroom_ticketing.limits import limited_protocol
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.sequencer import Sequencer, SequencerOptions
@@ -137,6 +138,11 @@ def http_config(app: FastAPI, host: str, port: int, settings: TicketingSettings)
         # closes a kept-alive connection that a client or proxy is about to reuse.
         timeout_keep_alive=settings.keepalive_s,
         timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+        http=limited_protocol(
+            header_timeout_s=settings.header_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+        ),
         backlog=4096,
     )
 
@@ -177,8 +183,13 @@ def build(settings: TicketingSettings) -> list[Component]:
             stats=stats_view,
             proxies=TrustedProxies.parse(settings.trusted_proxies),
         )
-        public_app = create_public_app(services)
-        admin_app = create_admin_app(services, docs=settings.docs_enabled, public_openapi=public_app.openapi)
+        public_app = create_public_app(services, max_body_bytes=settings.max_body_bytes)
+        admin_app = create_admin_app(
+            services,
+            docs=settings.docs_enabled,
+            public_openapi=public_app.openapi,
+            max_body_bytes=settings.max_body_bytes,
+        )
         console = ConsoleFeed(settings.kafka, topics)
         mount_console(admin_app, console)
         aws_vwr = mount_aws_vwr(settings, services, public_app, admin_app)

@@ -38,6 +38,7 @@ from waitroom_platform.kafka import Publisher
 from waitroom_ticketing.docs import mount_docs
 from waitroom_ticketing.edge import TrustedProxies, rate_limit_key
 from waitroom_ticketing.heartbeats import HeartbeatCoalescer
+from waitroom_ticketing.limits import AdminAuthFirst, BodyLimit
 from waitroom_ticketing.page import render_page
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import JoinRefused, ReadModel
@@ -463,7 +464,7 @@ async def admit(room_id: RoomId, svc: Svc, body: Annotated[AdmitBody, Body()] = 
     return {"room_id": room_id, "count": body.count, "above_capacity": body.above_capacity, "state": "accepted"}
 
 
-def create_public_app(services: Services) -> FastAPI:
+def create_public_app(services: Services, *, max_body_bytes: int = 64 * 1024) -> FastAPI:
     """The public listener's app: visitors' calls, the waiting page, the JWKS, ``/openapi.json``."""
     app = FastAPI(
         default_response_class=JSONResponse,
@@ -476,6 +477,7 @@ def create_public_app(services: Services) -> FastAPI:
         redirect_slashes=False,
     )
     app.add_middleware(HeadAsGet)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.services = services
     app.include_router(public)
 
@@ -493,7 +495,11 @@ def create_public_app(services: Services) -> FastAPI:
 
 
 def create_admin_app(
-    services: Services, *, docs: bool = True, public_openapi: Callable[[], dict[str, Any]] | None = None
+    services: Services,
+    *,
+    docs: bool = True,
+    public_openapi: Callable[[], dict[str, Any]] | None = None,
+    max_body_bytes: int = 64 * 1024,
 ) -> FastAPI:
     """The admin listener's app: ``/v1/admin/...``, its ``/openapi.json`` and, with ``docs``, Swagger
     UI of it plus a read-only Swagger UI of the public API (``public_openapi``)."""
@@ -507,6 +513,8 @@ def create_admin_app(
         redirect_slashes=False,
     )
     app.add_middleware(HeadAsGet)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(AdminAuthFirst, token=services.admin_token)  # outermost: before any body is read
     app.state.services = services
     app.include_router(admin)
     if docs:

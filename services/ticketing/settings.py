@@ -28,6 +28,14 @@ class TicketingSettings(AwsVwrSettings, BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     keepalive_s: int = Field(default=75, ge=1, le=3600)
+    #: server limits (services/ticketing/limits.py): a body over this answers 413 unread
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: request line and headers: at most this many bytes (431) ...
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    #: ... arriving within this many seconds of the connection or of a kept-alive request's first byte (408)
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    #: open connections per process; one more is answered 503 + Retry-After and closed
+    max_connections: int = Field(default=10_000, ge=1)
     #: API processes on this host sharing the public port (services/ticketing/workers.py)
     workers: int = Field(default=1, ge=1, le=64)
     #: set by worker 0 for the workers it starts; not an operator's setting
