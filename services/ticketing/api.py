@@ -144,8 +144,12 @@ class Services:
         """Queue the ticket's heartbeat in its room's batch; wait for the log unless the rule of
         ``heartbeats.py`` says losing it cannot expire the visitor."""
         now = self.clock()
-        written = self.heartbeats.add(room_id, ticket_id)
         config = room.config if room is not None else None
+        if config is not None and self.heartbeats.heard_recently(
+            ticket_id, now, interval_s=config.heartbeat_interval_s
+        ):
+            return
+        written = self.heartbeats.add(room_id, ticket_id)
         if config is not None and self.heartbeats.may_answer_at_once(
             ticket_id, now, interval_s=config.heartbeat_interval_s, timeout_s=config.heartbeat_timeout_s
         ):

@@ -91,6 +91,13 @@ class HeartbeatCoalescer(Component):
             return False
         return now + interval_s + self.window_s + self._publish_timeout_s < last + timeout_s
 
+    def heard_recently(self, ticket_id: str, now: float, *, interval_s: float) -> bool:
+        """A heartbeat sooner than half the interval after the last acknowledged one adds nothing:
+        it is answered from memory, without a new record (a client looping on heartbeats costs
+        the log nothing more)."""
+        last = self.acknowledged.get(ticket_id)
+        return last is not None and 0 <= now - last < interval_s / 2
+
     # ---------------------------------------------------------------- collecting
 
     def add(self, room_id: str, ticket_id: str) -> asyncio.Future[None]:

@@ -119,3 +119,13 @@ async def test_draining_writes_what_is_collected_before_the_window_ends() -> Non
 async def test_the_window_is_at_most_100_ms() -> None:
     with pytest.raises(ValueError):
         HeartbeatCoalescer(FakeLog().send, window_s=0.2, publish_timeout_s=1.0)
+
+
+async def test_a_heartbeat_sooner_than_half_the_interval_after_the_last_is_answered_from_memory() -> None:
+    log, clock = FakeLog(), Clock(100.0)
+    beats = coalescer(log, clock=clock)
+    await beats.add("gig", "t1")
+
+    assert beats.heard_recently("t1", 102.4, interval_s=5.0)
+    assert not beats.heard_recently("t1", 102.6, interval_s=5.0)
+    assert not beats.heard_recently("t2", 100.1, interval_s=5.0)  # never acknowledged
