@@ -95,6 +95,113 @@ class AdmitBody(BaseModel):
     above_capacity: StrictBool = False
 
 
+# ---------------------------------------------------------------- the contract (OpenAPI)
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable code, a sentence, and for invalid requests the fields at fault."""
+
+    error: str = Field(description="a stable code, e.g. room_not_found, unauthorized, invalid_request")
+    detail: str
+    fields: list[FieldError] | None = None
+
+
+class TicketView(BaseModel):
+    ticket_id: str
+    room_id: str
+    queue_no: int
+    state: str = Field(description="waiting or admitted")
+    position: int
+    estimated_wait_s: float | None
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+    entry_token: str | None = Field(description="a signed JWT once admitted (JWKS at /.well-known/jwks.json)")
+    ticket_token: str | None = Field(description="the bearer of this ticket's calls; only in the join's answer")
+
+
+class PendingView(BaseModel):
+    ticket_id: str
+    room_id: str
+    state: str = Field(description="pending: the join is not sequenced yet; ask again")
+    ticket_token: str | None = None
+
+
+class RoomView(BaseModel):
+    room_id: str
+    capacity: int
+    active: int
+    waiting: int
+    last_queue_no: int
+    estimated_wait_s: float | None
+    paused: bool
+
+
+class AdminRoomView(RoomView):
+    heartbeat_timeout_s: float
+    heartbeat_interval_s: float
+    target_url: str | None
+    tickets_total: int
+
+
+class RoomList(BaseModel):
+    rooms: list[AdminRoomView]
+
+
+class RoomPending(BaseModel):
+    room_id: str
+    state: str
+
+
+class AdmitAccepted(BaseModel):
+    room_id: str
+    count: int
+    above_capacity: bool
+    state: str
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    texts = {
+        400: "the request is not HTTP or JSON it can read",
+        401: "no or a malformed bearer token",
+        403: "the admin token is not valid",
+        404: "no such room, ticket or path",
+        405: "the method is not allowed on this path",
+        410: "the ticket has ended (expired or left): join again",
+        413: "the body is too large",
+        422: "the request is not valid (fields name what)",
+        429: "too many requests from this client (Retry-After)",
+        503: "starting, overloaded or the event log is unreachable (Retry-After)",
+    }
+    return {status: {"model": ErrorBody, "description": texts[status]} for status in statuses}
+
+
+#: what every route may answer whatever it does: the framework's and the server limits' errors
+_ALWAYS = (400, 404, 405, 413, 422, 503)
+
+
+def _responses(*statuses: int, **views: Any) -> dict[int | str, dict[str, Any]]:
+    out = _errors(*sorted(set(statuses) | set(_ALWAYS)))
+    for status, spec in views.items():
+        out[int(status.removeprefix("s"))] = spec
+    return out
+
+
+_ticket_bearer = HTTPBearer(
+    auto_error=False, scheme_name="ticket token", description="the ticket_token the join answered with"
+)
+TicketAuth = Annotated[HTTPAuthorizationCredentials | None, Depends(_ticket_bearer)]
+
+
+def _raw(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return None if credentials is None else f"Bearer {credentials.credentials}"
+
+
 class Services:
     """What the handlers need, built by the composition root."""
 
@@ -291,7 +398,18 @@ public = APIRouter(tags=["visitors"])
 admin = APIRouter(prefix="/v1/admin", tags=["operators"], dependencies=[Depends(_require_admin)])
 
 
-@public.post("/v1/rooms/{room_id}/tickets", status_code=201)
+@public.post(
+    "/v1/rooms/{room_id}/tickets",
+    status_code=201,
+    response_model=TicketView,
+    responses=_responses(
+        404,
+        410,
+        429,
+        s200={"model": TicketView, "description": "a retried join (same Idempotency-Key): the same ticket"},
+        s202={"model": PendingView, "description": "joined, not sequenced yet: poll the ticket"},
+    ),
+)
 async def join(
     room_id: RoomId,
     request: Request,
@@ -333,11 +451,13 @@ async def join(
     return JSONResponse(svc.ticket_view(room, ticket, ticket_token=ticket_token), status_code=201, headers=location)
 
 
-@public.get("/v1/rooms/{room_id}/tickets/{ticket_id}")
-async def ticket_status(
-    room_id: RoomId, ticket_id: TicketId, svc: Svc, authorization: Annotated[str | None, Header()] = None
-) -> Response:
-    found = _authorized_ticket(svc, room_id, ticket_id, authorization)
+@public.get(
+    "/v1/rooms/{room_id}/tickets/{ticket_id}",
+    response_model=TicketView,
+    responses=_responses(401, 410, s202={"model": PendingView, "description": "not sequenced yet"}),
+)
+async def ticket_status(room_id: RoomId, ticket_id: TicketId, svc: Svc, credentials: TicketAuth = None) -> Response:
+    found = _authorized_ticket(svc, room_id, ticket_id, _raw(credentials))
     if found is None:
         return JSONResponse(svc.pending_view(room_id, ticket_id), status_code=202, headers={"Retry-After": "1"})
     room, ticket = found
@@ -346,11 +466,13 @@ async def ticket_status(
     return JSONResponse(svc.ticket_view(room, ticket))
 
 
-@public.post("/v1/rooms/{room_id}/tickets/{ticket_id}/heartbeat")
-async def heartbeat(
-    room_id: RoomId, ticket_id: TicketId, svc: Svc, authorization: Annotated[str | None, Header()] = None
-) -> Response:
-    found = _authorized_ticket(svc, room_id, ticket_id, authorization)
+@public.post(
+    "/v1/rooms/{room_id}/tickets/{ticket_id}/heartbeat",
+    response_model=TicketView,
+    responses=_responses(401, 410, s202={"model": PendingView, "description": "not sequenced yet"}),
+)
+async def heartbeat(room_id: RoomId, ticket_id: TicketId, svc: Svc, credentials: TicketAuth = None) -> Response:
+    found = _authorized_ticket(svc, room_id, ticket_id, _raw(credentials))
     if found is not None and not found[1].state.live:
         raise _ended(found[1])
     await svc.heartbeat(found[0] if found is not None else svc.read_model.room(room_id), room_id, ticket_id)
@@ -360,11 +482,9 @@ async def heartbeat(
     return JSONResponse(svc.ticket_view(room, ticket))
 
 
-@public.delete("/v1/rooms/{room_id}/tickets/{ticket_id}", status_code=204)
-async def leave(
-    room_id: RoomId, ticket_id: TicketId, svc: Svc, authorization: Annotated[str | None, Header()] = None
-) -> Response:
-    found = _authorized_ticket(svc, room_id, ticket_id, authorization)
+@public.delete("/v1/rooms/{room_id}/tickets/{ticket_id}", status_code=204, responses=_responses(401))
+async def leave(room_id: RoomId, ticket_id: TicketId, svc: Svc, credentials: TicketAuth = None) -> Response:
+    found = _authorized_ticket(svc, room_id, ticket_id, _raw(credentials))
     if found is None or found[1].state.live:
         await svc.publish(
             svc.topics.commands.name, LeaveRequested(room_id=room_id, ticket_id=ticket_id, requested_at=svc.clock())
@@ -382,7 +502,7 @@ async def leave(
     return Response(status_code=204)
 
 
-@public.get("/v1/rooms/{room_id}")
+@public.get("/v1/rooms/{room_id}", response_model=RoomView, responses=_responses())
 async def room_status(room_id: RoomId, svc: Svc) -> dict[str, Any]:
     svc.require_ready()
     room = svc.read_model.room(room_id)
@@ -402,12 +522,21 @@ async def waiting_page(room_id: RoomId, svc: Svc) -> Response:
     return HTMLResponse(body, headers=headers)
 
 
-@public.get("/.well-known/jwks.json")
+@public.get("/.well-known/jwks.json", responses=_responses())
 async def jwks(svc: Svc) -> Response:
     return JSONResponse(svc.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
 
-@admin.put("/rooms/{room_id}")
+@admin.put(
+    "/rooms/{room_id}",
+    response_model=AdminRoomView,
+    responses=_responses(
+        401,
+        403,
+        s201={"model": AdminRoomView, "description": "the room was created"},
+        s202={"model": RoomPending, "description": "accepted, not applied yet"},
+    ),
+)
 async def configure_room(room_id: RoomId, svc: Svc, body: Annotated[RoomConfigBody, Body()]) -> Response:
     svc.require_ready()
     room = svc.read_model.room(room_id)
@@ -430,14 +559,14 @@ async def configure_room(room_id: RoomId, svc: Svc, body: Annotated[RoomConfigBo
     return JSONResponse(svc.admin_room_view(applied), status_code=200 if current is not None else 201)
 
 
-@admin.get("/rooms")
+@admin.get("/rooms", response_model=RoomList, responses=_responses(401, 403))
 async def list_rooms(svc: Svc) -> dict[str, Any]:
     svc.require_ready()
     rooms = sorted((r for r in svc.read_model.rooms.values() if r.exists), key=lambda r: r.room_id)
     return {"rooms": [svc.admin_room_view(r) for r in rooms]}
 
 
-@admin.get("/rooms/{room_id}")
+@admin.get("/rooms/{room_id}", response_model=AdminRoomView, responses=_responses(401, 403))
 async def get_room(room_id: RoomId, svc: Svc) -> dict[str, Any]:
     svc.require_ready()
     room = svc.read_model.room(room_id)
@@ -446,7 +575,7 @@ async def get_room(room_id: RoomId, svc: Svc) -> dict[str, Any]:
     return svc.admin_room_view(room)
 
 
-@admin.get("/rooms/{room_id}/stats")
+@admin.get("/rooms/{room_id}/stats", responses=_responses(401, 403))
 async def room_stats(room_id: RoomId, svc: Svc) -> dict[str, Any]:
     svc.require_ready()
     if svc.read_model.room(room_id) is None:
@@ -456,7 +585,7 @@ async def room_stats(room_id: RoomId, svc: Svc) -> dict[str, Any]:
     return svc.stats.describe(room_id)
 
 
-@admin.post("/rooms/{room_id}/admit", status_code=202)
+@admin.post("/rooms/{room_id}/admit", status_code=202, response_model=AdmitAccepted, responses=_responses(401, 403))
 async def admit(room_id: RoomId, svc: Svc, body: Annotated[AdmitBody, Body()] = AdmitBody()) -> dict[str, Any]:  # noqa: B008
     svc.require_ready()
     if svc.read_model.room(room_id) is None:
@@ -556,10 +685,22 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        fields = [
+            {
+                "loc": [str(x) if not isinstance(x, int) else x for x in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
         ]
-        return _error(422, "invalid_request", errors)
+        first = fields[0] if fields else {"loc": [], "msg": "invalid"}
+        where = ".".join(str(x) for x in first["loc"])
+        detail = (
+            f"the request is not valid: {where}: {first['msg']}"
+            if where
+            else f"the request is not valid: {first['msg']}"
+        )
+        return JSONResponse({"error": "invalid_request", "detail": detail, "fields": fields}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
