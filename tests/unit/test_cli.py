@@ -1,7 +1,7 @@
 """The `waitroom` command without a server: its tables, its JSON, its errors and exit codes.
 
 The admin API is an ``httpx.MockTransport`` answering like the real one; the command runs through
-Typer's CliRunner. The same commands against a running stack are in tests/e2e/test_cli.py.
+Typer's CliRunner. The same commands against a running stack are in tests/e2e/test_cli_against_a_stack.py.
 """
 
 from __future__ import annotations
