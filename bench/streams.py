@@ -240,7 +240,13 @@ async def run(
                 readable = await wait_for(lambda h=head: h.ticket["ticket_id"] in seen, 30, "the watcher")
                 readable_ms.append((pushed - seen[head.ticket["ticket_id"]]) * 1000)
                 del readable
-                await wait_for(lambda n=len(rest): REACHED[0] >= n, 120, "the positions")
+                try:
+                    await wait_for(lambda n=len(rest): REACHED[0] >= n, 120, "the positions")
+                except TimeoutError:
+                    behind = [s for s in rest if s.target is not None]
+                    sample = [(s.position, s.target, s.events) for s in behind[:5]]
+                    say(f"{len(behind)} streams without their new position, e.g. (position, wanted, events): {sample}")
+                    raise
                 last = max(s.changed_at for s in rest)
                 fanout_ms.append((last - sent) * 1000)
                 say(f"trial {trial}: admission {admission_ms[-1]:.0f} ms, all positions {fanout_ms[-1]:.0f} ms")

@@ -2,8 +2,9 @@
 
 A waiting visitor holds one connection and sends nothing else: the API pushes the ticket's state,
 position and entry token as they change, and heartbeats on the visitor's behalf while the
-connection is open (through the same per-room coalescer as the heartbeat call, so a crowd of
-streams costs one ``HeartbeatBatch`` record per room per window).
+connection is open: the hub passes every open stream's ticket of a room to the same per-room
+coalescer as the heartbeat call once per room interval (so a crowd of streams costs a few
+``HeartbeatBatch`` records per room per interval, and no stream task wakes up for it).
 
 **Fan-out.** :class:`StreamHub` listens to the read model: each batch of room events is read once;
 an event that names a watched ticket (issued, admitted, left, expired) wakes that ticket's streams
@@ -21,11 +22,12 @@ view it carries (``w<position>.<estimate>``, ``a<token digest>``), so a reconnec
 **Half-open connections.** A visitor whose network vanishes without a FIN must not be kept alive
 by a stream the server believes open. The listening socket is given TCP keepalive and
 ``TCP_USER_TIMEOUT`` (:func:`bound_half_open`, inherited by every accepted connection): data left
-unacknowledged for ``USER_TIMEOUT_S`` aborts the connection, and the stream writes at least every
-``min(COMMENT_S, heartbeat interval)`` (a comment with each heartbeat it sends). Worst case, from
-the moment the peer vanishes to the last heartbeat sent on its behalf: one write interval plus
-``USER_TIMEOUT_S`` (room defaults: 5 + 10 s); the room's timeout then applies as usual, so such a
-visitor is expired at most ``interval + USER_TIMEOUT_S + timeout`` after it vanished (docs/api.md).
+unacknowledged for ``USER_TIMEOUT_S`` aborts the connection (uvicorn then ends the response, the
+stream leaves the hub, its heartbeats stop), and the stream writes at least every ``COMMENT_S``.
+Worst case, from the moment the peer vanishes to the last heartbeat sent on its behalf:
+``COMMENT_S + USER_TIMEOUT_S + interval`` (15 + 10 + 5 s with the room defaults); the room's
+timeout then applies as usual, so such a visitor is expired at most 50 s (defaults) after it
+vanished, against 20 s for one that closed its connection (docs/api.md).
 
 The ticket token may come as ``Authorization: Bearer`` or, for the browser's ``EventSource`` (which
 cannot set headers), as the ``ticket_token`` query parameter. :class:`HideTicketToken` takes it out
@@ -63,6 +65,10 @@ RETRY_MS = 2000
 BATCH_S = 1.0
 #: unacknowledged data for this long aborts the connection (see the module's docstring)
 USER_TIMEOUT_S = 10
+#: a room's position batch waits at least this long, so the admitted tickets' own pushes go first
+OWN_FIRST_S = 0.01
+#: how often the hub looks for rooms whose streams are due a heartbeat
+BEAT_TICK_S = 0.25
 #: a refresh wakes this long after the cached entry token turned ttl/2 old
 REFRESH_MARGIN_S = 0.05
 #: a stream opened right after the join waits this long for its ticket to be issued
@@ -101,6 +107,13 @@ class StreamHub(Component):
         self._last_batch: dict[str, float] = {}
         self.closing = False
         self.batches = 0
+        self._services: Services | None = None
+        self._next_beat: dict[str, float] = {}
+        self.heartbeats_sent = 0
+
+    def attach(self, services: Services) -> None:
+        """Heartbeat through ``services`` for every open stream (``run()``)."""
+        self._services = services
 
     # ---------------------------------------------------------------- streams come and go
 
@@ -121,6 +134,7 @@ class StreamHub(Component):
         if not tickets:
             del self._rooms[watch.room_id]
             self._last_batch.pop(watch.room_id, None)
+            self._next_beat.pop(watch.room_id, None)
             timer = self._timers.pop(watch.room_id, None)
             if timer is not None:
                 timer.cancel()
@@ -146,7 +160,8 @@ class StreamHub(Component):
 
     def _schedule(self, room_id: str) -> None:
         due = self._last_batch.get(room_id, float("-inf")) + self._batch_s
-        delay = max(0.0, due - self._clock())
+        # never at once: the streams of the event's own tickets (an admission) go first
+        delay = max(OWN_FIRST_S, due - self._clock())
         self._timers[room_id] = asyncio.get_running_loop().call_later(delay, self._ring_room, room_id)
 
     def _ring_room(self, room_id: str) -> None:
@@ -156,6 +171,29 @@ class StreamHub(Component):
         for watches in self._rooms.get(room_id, {}).values():
             for watch in watches:
                 watch.bell.set()
+
+    # ---------------------------------------------------------------- heartbeats on the visitors' behalf
+
+    async def run(self) -> None:
+        """Every room's open streams heartbeat together, once per room interval: one pass over
+        the room's watched tickets into the coalescer (no stream task wakes up for it)."""
+        while True:
+            self.beat_due(self._clock())
+            await asyncio.sleep(BEAT_TICK_S)
+
+    def beat_due(self, now: float) -> None:
+        services = self._services
+        if services is None:
+            return
+        for room_id, tickets in self._rooms.items():
+            if now < self._next_beat.get(room_id, 0.0):
+                continue
+            room = services.read_model.room(room_id)
+            interval = room.config.heartbeat_interval_s if room is not None and room.config is not None else 1.0
+            self._next_beat[room_id] = now + interval
+            for ticket_id in tickets:
+                beat(services, room_id, ticket_id)
+            self.heartbeats_sent += len(tickets)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -173,7 +211,12 @@ class StreamHub(Component):
         self._timers.clear()
 
     def describe(self) -> dict[str, int]:
-        return {"open_streams": self.open_streams, "rooms": len(self._rooms), "position_batches": self.batches}
+        return {
+            "open_streams": self.open_streams,
+            "rooms": len(self._rooms),
+            "position_batches": self.batches,
+            "heartbeats_sent": self.heartbeats_sent,
+        }
 
 
 # -------------------------------------------------------------------------------------------- SSE
@@ -202,16 +245,16 @@ async def ticket_events(
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     watch = hub.watch(room_id, ticket_id)
+    beat(svc, room_id, ticket_id)  # at once: from now on the stream is the visitor's sign of life
     sent_id = last_event_id
     started = loop.time()
-    next_beat = started  # at once: from now on the stream is the visitor's sign of life
+    next_comment = started + COMMENT_S
     next_refresh = float("inf")
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         while not hub.closing:
             found = svc.read_model.ticket(room_id, ticket_id)
             now = loop.time()
-            interval = COMMENT_S
             if found is None:
                 if now - started > PENDING_S:
                     yield sse("ended", {"ticket_id": ticket_id, "room_id": room_id, "state": "unknown"}, "ended")
@@ -226,19 +269,17 @@ async def ticket_events(
                 if event_id != sent_id:
                     yield sse("ticket", view, event_id)
                     sent_id = event_id
+                    next_comment = now + COMMENT_S
                 if ticket.state is TicketState.ADMITTED and (next_refresh == float("inf") or now >= next_refresh):
                     # the signer hands out a new token once the cached one is ttl/2 old
                     next_refresh = now + svc.signer.ttl_s / 2 + REFRESH_MARGIN_S
-                if room.config is not None:
-                    interval = min(room.config.heartbeat_interval_s, COMMENT_S)
-            if now >= next_beat:
-                # a heartbeat on the visitor's behalf and a write: the half-open bound rests on it
-                _beat(svc, room_id, ticket_id)
-                yield b": alive\n\n"
-                next_beat = now + interval
+            if now >= next_comment:
+                # proxies keep a connection that carries data; and a write is what notices a dead peer
+                yield b": keep-alive\n\n"
+                next_comment = now + COMMENT_S
             watch.bell.clear()
             try:
-                async with asyncio.timeout(max(0.0, min(next_beat, next_refresh) - loop.time())):
+                async with asyncio.timeout(max(0.0, min(next_comment, next_refresh) - loop.time())):
                     await watch.bell.wait()
             except TimeoutError:
                 pass
@@ -246,7 +287,7 @@ async def ticket_events(
         hub.unwatch(watch)
 
 
-def _beat(svc: Services, room_id: str, ticket_id: str) -> None:
+def beat(svc: Services, room_id: str, ticket_id: str) -> None:
     written = svc.heartbeats.add(room_id, ticket_id)
     # A failed write is logged by the coalescer; the next interval tries again.
     written.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -268,6 +309,7 @@ def mount_streams(app: FastAPI, services: Services, hub: StreamHub) -> ASGIApp:
     """The stream's route on the public ``app``; returns the ASGI app to serve (``app`` behind
     :class:`HideTicketToken`). The hub is registered on the read model here."""
     services.read_model.add_listener(hub.on_events)
+    hub.attach(services)
     router = APIRouter(tags=["visitors"])
 
     @router.get(
