@@ -307,6 +307,24 @@ def report(args: argparse.Namespace, facts: str, r: dict[str, Any]) -> str:
             "position update: until every other stream holds its position minus one",
             "",
             markdown_table(["measure", "value"], rows),
+            "",
+            "Conclusion:",
+            "",
+            f"- {r['streams']:,} open streams cost {per_stream_kb:.0f} KB each in the API process "
+            f"({(r['rss_after'] - r['rss_before']):.0f} MB in all: uvicorn's connection, the response task, "
+            "the stream's generator and its place in the hub); memory, not CPU, sets how many a replica holds.",
+            f"- Idle, the process used {r['idle_cores'] * 100:.0f} % of a core: the sequencer and the tails "
+            f"polling Kafka, a comment per stream every 15 s and {r['streams']:,} heartbeats per 5 s on the "
+            "visitors' behalf, passed by the hub into the per-room coalescer (a few records per interval, no "
+            "stream task woken for them). The same visitors polling would be 2,000 HTTP requests a second.",
+            f"- An admission reaches its stream {statistics.median(readable):.0f} ms (median) after the event is "
+            "readable, with every other stream of the room open: the admitted ticket's own stream is woken at "
+            "once, the room's position batch 10 ms later.",
+            f"- A position change reaches all {r['streams'] - 1:,} other streams in "
+            f"{statistics.median(fan) / 1000:.1f} s "
+            "(median): every stream rereads its ticket and writes one event, one Python event loop for all, on a "
+            "machine shared with the client reading the 10,000 streams and other work. Position updates are batched "
+            "per room and second, so a busier room does not cost more than one such pass a second.",
         ]
     )
 
