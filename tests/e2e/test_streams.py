@@ -168,3 +168,21 @@ async def test_a_ticket_holding_only_its_stream_outlives_three_timeouts_and_expi
         await eventually(expired, timeout_s + 1.5, "the expiry after the stream closed", interval=0.05)
         after = time.monotonic() - closed
         print(f"expired {after:.2f} s after the stream closed (timeout {timeout_s} s)")  # noqa: T201 - the figure
+
+
+async def test_an_admitted_tickets_stream_pushes_a_fresh_entry_token_before_the_last_one_expires(
+    topics: TopicRegistry, launch_ticketing: TicketingLauncher
+) -> None:
+    ttl_s = 6
+    (api,) = launch_ticketing(topics, WAITROOM_TICKETING_ENTRY_TOKEN_TTL_S=str(ttl_s))
+    async with httpx.AsyncClient(timeout=10) as http:
+        await create_room(http, api.admin_url, "inside", capacity=1, heartbeat_timeout_s=30, heartbeat_interval_s=5)
+        ticket = await join(http, api.url, "inside")
+        async with open_stream(http, api.url, ticket) as stream:
+            first = await stream.next()
+            assert first.data["state"] == "admitted"
+            async with asyncio.timeout(ttl_s / 2 + 2):
+                refreshed = await stream.until(lambda e: e.data.get("entry_token") != first.data["entry_token"])
+    assert refreshed.id != first.id
+    # the new token came while the first was still valid
+    assert refreshed.received_at - first.received_at < ttl_s
