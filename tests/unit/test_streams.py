@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from waitroom_core.room import InvalidCommand, RoomConfig, configured
 from waitroom_events.commands import RoomConfigureRequested
 from waitroom_events.events import TicketAdmitted, TicketIssued, TicketLeft
 from waitroom_ticketing.page import pick_language, render_page
-from waitroom_ticketing.streams import SCOPE_TOKEN, HideTicketToken, StreamHub, sse
+from waitroom_ticketing.streams import SCOPE_TOKEN, USER_TIMEOUT_S, HideTicketToken, StreamHub, bound_half_open, sse
 
 ROOM = "shop"
 
@@ -132,3 +133,18 @@ def test_branding_is_kept_by_a_reconfiguration_that_does_not_mention_it_and_repl
 def test_branding_that_is_not_valid_is_refused(branding: dict[str, str]) -> None:
     with pytest.raises(InvalidCommand):
         configured(RoomConfig(capacity=1), RoomConfigureRequested(room_id=ROOM, requested_at=1.0, branding=branding))
+
+
+def test_a_connection_accepted_on_a_bounded_listener_inherits_keepalive_and_the_user_timeout() -> None:
+    listener = socket.socket()
+    try:
+        bound_half_open(listener)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname()):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == USER_TIMEOUT_S * 1000
+    finally:
+        listener.close()
