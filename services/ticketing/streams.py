@@ -9,7 +9,8 @@ coalescer as the heartbeat call once per room interval (so a crowd of streams co
 **Fan-out.** :class:`StreamHub` listens to the read model: each batch of room events is read once;
 an event that names a watched ticket (issued, admitted, left, expired) wakes that ticket's streams
 at once, and an event that moves everyone's position (an admission, a departure, a configuration)
-marks the room, whose streams are woken together at most once a second (``batch_s``). A woken
+marks the room, whose streams are woken together at most once a second (``batch_s``); so does a
+change of the room's admission pace read by the stats view (every estimate changes). A woken
 stream reads the ticket from the read model and sends it only if what the visitor sees changed.
 
 **Events.** ``retry:`` first; ``event: ticket`` (the status call's JSON) on connect, on every
@@ -157,6 +158,12 @@ class StreamHub(Component):
                     watch.bell.set()
             if isinstance(event, _MOVES_ROOM) and event.room_id not in self._timers:
                 self._schedule(event.room_id)
+
+    def room_changed(self, room_id: str) -> None:
+        """Something every waiting ticket of the room shows changed (the admission pace, so the
+        estimates): its streams are woken with the room's next position batch."""
+        if room_id in self._rooms and room_id not in self._timers:
+            self._schedule(room_id)
 
     def _schedule(self, room_id: str) -> None:
         due = self._last_batch.get(room_id, float("-inf")) + self._batch_s
@@ -309,6 +316,8 @@ def mount_streams(app: FastAPI, services: Services, hub: StreamHub) -> ASGIApp:
     """The stream's route on the public ``app``; returns the ASGI app to serve (``app`` behind
     :class:`HideTicketToken`). The hub is registered on the read model here."""
     services.read_model.add_listener(hub.on_events)
+    if services.stats is not None:
+        services.stats.add_pace_listener(hub.room_changed)
     hub.attach(services)
     router = APIRouter(tags=["visitors"])
 

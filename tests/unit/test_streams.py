@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from typing import Any
 
@@ -11,7 +12,10 @@ import pytest
 from waitroom_core.room import InvalidCommand, RoomConfig, configured
 from waitroom_events.commands import RoomConfigureRequested
 from waitroom_events.events import TicketAdmitted, TicketIssued, TicketLeft
+from waitroom_events.stats import RoomStats
+from waitroom_platform.settings import KafkaSettings
 from waitroom_ticketing.page import pick_language, render_page
+from waitroom_ticketing.stats_view import StatsView
 from waitroom_ticketing.streams import SCOPE_TOKEN, USER_TIMEOUT_S, HideTicketToken, StreamHub, bound_half_open, sse
 
 ROOM = "shop"
@@ -51,6 +55,30 @@ async def test_position_moves_ring_every_stream_of_the_room_together_at_most_onc
     hub.on_events([TicketLeft(room_id=ROOM, ticket_id="again", queue_no=3, at=2.0, was_admitted=False)])
     await asyncio.sleep(0.05)
     assert not any(w.bell.is_set() for w in watches), "a second batch within the second"
+
+
+async def test_a_new_admission_pace_wakes_the_rooms_streams_so_their_estimates_are_resent() -> None:
+    view = StatsView(KafkaSettings(), "stats")
+    hub = StreamHub()
+    view.add_pace_listener(hub.room_changed)
+    watch = hub.watch(ROOM, "t-1")
+
+    view.apply(_stats(at=1.0, seconds_per_admission=2.0))
+    await asyncio.sleep(0.05)
+    assert watch.bell.is_set()
+
+    watch.bell.clear()
+    hub._last_batch.clear()  # past the room's batch interval
+    view.apply(_stats(at=2.0, seconds_per_admission=2.0))
+    await asyncio.sleep(0.05)
+    assert not watch.bell.is_set(), "the same pace: no estimate changed"
+
+
+def _stats(*, at: float, seconds_per_admission: float) -> RoomStats:
+    fields = {f.name: 0 for f in dataclasses.fields(RoomStats) if f.default is dataclasses.MISSING}
+    return RoomStats(
+        **{**fields, "room_id": ROOM, "at": at, "window_start": 0.0, "seconds_per_admission": seconds_per_admission}
+    )  # type: ignore[arg-type]
 
 
 async def test_a_room_without_streams_costs_nothing_and_unwatching_forgets_the_room() -> None:
