@@ -46,6 +46,18 @@ MIN_TIMEOUT_S = 1.0
 MIN_INTERVAL_S = 0.5
 
 
+#: the room's branding of the waiting page: each key's longest value
+BRANDING_KEYS = {
+    "title": 80,
+    "message": 500,
+    "logo_url": 2048,
+    "accent_color": 7,
+    "background_color": 7,
+    "text_color": 7,
+}
+BRANDING_COLOURS = ("accent_color", "background_color", "text_color")
+
+
 class InvalidCommand(ValueError):
     """A command no room could accept (a negative capacity, say). The sequencer dead-letters it."""
 
@@ -68,6 +80,8 @@ class RoomConfig:
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     target_url: str | None = None
     paused: bool = False
+    #: the waiting page's branding as sorted (key, value) pairs: see BRANDING_KEYS
+    branding: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -209,6 +223,7 @@ def _decide_configure(state: RoomState, command: RoomConfigureRequested, now: fl
         heartbeat_interval_s=config.heartbeat_interval_s,
         target_url=config.target_url,
         paused=config.paused,
+        branding=dict(config.branding) or None,
     )
     return [configured_event, *_backfill(state, config, state.active, now)]
 
@@ -228,9 +243,14 @@ def configured(current: RoomConfig | None, command: RoomConfigureRequested) -> R
         heartbeat_interval_s=_pick(command.heartbeat_interval_s, current.heartbeat_interval_s),
         target_url=current.target_url if command.target_url is None else command.target_url,
         paused=current.paused if command.paused is None else command.paused,
+        branding=current.branding if command.branding is None else _branding(command.branding),
     )
     validate_config(config)
     return config
+
+
+def _branding(values: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((key, value) for key, value in values.items() if value))
 
 
 def _pick(new: float | None, current: float) -> float:
@@ -247,6 +267,26 @@ def validate_config(config: RoomConfig) -> None:
         raise InvalidCommand(f"heartbeat_interval_s must be at least {MIN_INTERVAL_S} and below heartbeat_timeout_s")
     if config.target_url is not None and not is_absolute_http_url(config.target_url):
         raise InvalidCommand("target_url must be an absolute http(s) URL with a host")
+    validate_branding(dict(config.branding))
+
+
+def validate_branding(branding: dict[str, str]) -> None:
+    """Texts of bounded length, colours as ``#rrggbb`` (they go into the page's CSS), a logo as an
+    absolute http(s) URL (the page's CSP allows images from its origin only)."""
+    for key, value in branding.items():
+        longest = BRANDING_KEYS.get(key)
+        if longest is None:
+            raise InvalidCommand(f"unknown branding setting {key!r}; known: {', '.join(BRANDING_KEYS)}")
+        if not isinstance(value, str) or len(value) > longest:
+            raise InvalidCommand(f"branding {key} must be text of at most {longest} characters")
+        if key in BRANDING_COLOURS and not _is_colour(value):
+            raise InvalidCommand(f"branding {key} must be a colour as #rrggbb")
+        if key == "logo_url" and not is_absolute_http_url(value):
+            raise InvalidCommand("branding logo_url must be an absolute http(s) URL with a host")
+
+
+def _is_colour(value: str) -> bool:
+    return len(value) == 7 and value[0] == "#" and all(c in "0123456789abcdefABCDEF" for c in value[1:])
 
 
 def is_absolute_http_url(url: str) -> bool:
@@ -316,6 +356,7 @@ def evolve(state: RoomState, event: RoomEvent) -> RoomState:
                 heartbeat_interval_s=event.heartbeat_interval_s,
                 target_url=event.target_url,
                 paused=event.paused,
+                branding=_branding(event.branding or {}),
             )
         case TicketIssued():
             if event.ticket_id in state.tickets or event.queue_no != state.last_queue_no + 1:

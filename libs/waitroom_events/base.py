@@ -25,6 +25,17 @@ class Message:
         return dataclasses.asdict(self)
 
 
+#: field metadata: the codec writes the field only when it is set (not None)
+OMIT_IF_NONE = "waitroom.omit_if_none"
+
+
+def added_later() -> Any:
+    """An optional field added to a type after v1: ``None`` by default and, when ``None``, not
+    written at all, so a message that does not use it encodes to the same bytes as before the
+    field existed (the golden payloads stay byte-identical; old readers ignore it when set)."""
+    return dataclasses.field(default=None, metadata={OMIT_IF_NONE: True})
+
+
 def message_type(type_name: str):  # type: ignore[no-untyped-def]
     """Class decorator: give a message class its wire type and register it for decoding."""
 

@@ -18,7 +18,7 @@ import orjson
 
 # The modules below register their types on import; the codec must know every type.
 from waitroom_events import commands, events, heartbeats, reaper, stats  # noqa: F401
-from waitroom_events.base import Message, lookup
+from waitroom_events.base import OMIT_IF_NONE, Message, lookup
 
 HEADER_TYPE = "waitroom-type"
 HEADER_CONTENT_TYPE = "content-type"
@@ -57,6 +57,9 @@ def _dumps(message: Message) -> bytes:
             if number is not None and not math.isfinite(number):
                 raise ValueError(f"{message.TYPE}: {rule.name} {number!r} is not a JSON number")
     fields = {name: getattr(message, name) for name in _sorted_names(type(message))}
+    for name in _omitted_if_none(type(message)):
+        if fields[name] is None:
+            del fields[name]
     try:
         return orjson.dumps(fields)
     except TypeError:
@@ -71,6 +74,17 @@ def _sorted_names(cls: type[Message]) -> tuple[str, ...]:
     names = _SORTED.get(cls)
     if names is None:
         names = _SORTED[cls] = tuple(sorted(f.name for f in dataclasses.fields(cls)))
+    return names
+
+
+_OMIT: dict[type[Message], tuple[str, ...]] = {}
+
+
+def _omitted_if_none(cls: type[Message]) -> tuple[str, ...]:
+    """The fields of ``cls`` declared with ``added_later()`` (base.py): not written while None."""
+    names = _OMIT.get(cls)
+    if names is None:
+        names = _OMIT[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(OMIT_IF_NONE))
     return names
 
 
@@ -151,6 +165,10 @@ def _check_types(message: Message, rules: tuple[_FieldRule, ...]) -> None:
         if rule.base == "list[str]":
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise DecodeError(f"{message.TYPE}: field {rule.name!r} must be a list of strings")
+            continue
+        if rule.base == "dict[str,str]":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise DecodeError(f"{message.TYPE}: field {rule.name!r} must be an object of strings")
             continue
         if allowed is None:
             continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from waitroom_events.base import Message, message_type
+from waitroom_events.base import Message, added_later, message_type
 
 
 @message_type("waitroom.join.requested.v1")
@@ -45,6 +45,8 @@ class RoomConfigureRequested(Message):
     heartbeat_interval_s: float | None = None
     target_url: str | None = None
     paused: bool | None = None
+    #: replaces the room's whole branding (``{}`` removes it); ``None`` leaves it as it is
+    branding: dict[str, str] | None = added_later()
 
 
 @message_type("waitroom.admit.requested.v1")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from waitroom_events.base import Message, message_type
+from waitroom_events.base import Message, added_later, message_type
 
 
 @message_type("waitroom.room.configured.v1")
@@ -19,6 +19,8 @@ class RoomConfigured(Message):
     heartbeat_interval_s: float
     target_url: str | None
     paused: bool
+    #: the waiting page's title, message, logo URL and colours (waitroom_core.room.BRANDING_KEYS)
+    branding: dict[str, str] | None = added_later()
 
 
 @message_type("waitroom.ticket.issued.v1")

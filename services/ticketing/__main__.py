@@ -16,7 +16,7 @@ import socket
 
 import structlog
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from waitroom_platform.kafka import ProducerComponent, Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
@@ -34,6 +34,7 @@ from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.sequencer import Sequencer, SequencerOptions
 from waitroom_ticketing.settings import TicketingSettings
 from waitroom_ticketing.stats_view import StatsView
+from waitroom_ticketing.streams import StreamHub, bound_half_open, mount_streams
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
 from waitroom_ticketing.workers import Workers
 
@@ -114,6 +115,7 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:  # several workers on one port: the kernel spreads the connections
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        bound_half_open(sock)  # streams.py: a peer gone without a FIN is noticed in seconds
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -121,7 +123,7 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def http_config(app: FastAPI, host: str, port: int, settings: TicketingSettings) -> uvicorn.Config:
+def http_config(app: ASGIApp, host: str, port: int, settings: TicketingSettings) -> uvicorn.Config:
     """One listener's uvicorn settings; proxy headers are never uvicorn's business (see ``edge.py``)."""
     return uvicorn.Config(
         app,
@@ -195,17 +197,21 @@ def build(settings: TicketingSettings) -> list[Component]:
         aws_vwr = mount_aws_vwr(settings, services, public_app, admin_app)
         instrument_fastapi(public_app)
         instrument_fastapi(admin_app)
+        # The ticket streams (streams.py): mounted last, so the token hiding wraps tracing too.
+        streams = StreamHub()
+        public_asgi = mount_streams(public_app, services, streams)
         admin_server = HttpServer(
             http_config(admin_app, settings.admin_host, settings.admin_port, settings),
             name="admin_http",
             event="admin_listening",
         )
         public_server = HttpServer(
-            http_config(public_app, settings.host, settings.port, settings),
+            http_config(public_asgi, settings.host, settings.port, settings),
             reuse_port=settings.workers > 1 or settings.worker_index > 0,
         )
         # The console's feed last: stopped first, it ends the open console streams before the admin drain.
         components += [producer, heartbeats, read_model, stats_view, admin_server, public_server, *aws_vwr, console]
+        components.append(streams)  # stopped first: it ends the open ticket streams before the drain
         if settings.workers > 1:
             components.append(Workers(settings.workers))
     return components

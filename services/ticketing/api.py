@@ -78,6 +78,19 @@ def _error(status: int, code: str, detail: Any, headers: dict[str, str] | None =
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
+class BrandingBody(BaseModel):
+    """The waiting page's look (validated again by the core: waitroom_core.room.validate_branding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, max_length=80)
+    message: str | None = Field(default=None, max_length=500)
+    logo_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    accent_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
+    background_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
+    text_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
+
+
 class RoomConfigBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,6 +99,8 @@ class RoomConfigBody(BaseModel):
     heartbeat_interval_s: float | None = Field(default=None, gt=0)
     target_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
     paused: StrictBool | None = None
+    #: replaces the whole branding of the waiting page; ``{}`` removes it
+    branding: BrandingBody | None = None
 
 
 class AdmitBody(BaseModel):
@@ -331,6 +346,7 @@ class Services:
             "heartbeat_interval_s": room.config.heartbeat_interval_s,
             "target_url": room.config.target_url,
             "tickets_total": len(room.tickets),
+            "branding": dict(room.config.branding) or None,
         }
 
 
@@ -512,13 +528,17 @@ async def room_status(room_id: RoomId, svc: Svc) -> dict[str, Any]:
 
 
 @public.get("/wait/{room_id}", include_in_schema=False)
-async def waiting_page(room_id: RoomId, svc: Svc) -> Response:
+async def waiting_page(
+    room_id: RoomId, svc: Svc, accept_language: Annotated[str | None, Header(max_length=512)] = None
+) -> Response:
     """The visitor's page over the calls above (services/ticketing/page.py)."""
     svc.require_ready()
     room = svc.read_model.room(room_id)
     if room is None or room.config is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
-    body, headers = render_page(room_id, room.config.target_url)
+    body, headers = render_page(
+        room_id, room.config.target_url, accept_language=accept_language, branding=dict(room.config.branding)
+    )
     return HTMLResponse(body, headers=headers)
 
 
@@ -541,7 +561,7 @@ async def configure_room(room_id: RoomId, svc: Svc, body: Annotated[RoomConfigBo
     svc.require_ready()
     room = svc.read_model.room(room_id)
     current = room.config if room is not None else None
-    command = RoomConfigureRequested(room_id=room_id, requested_at=svc.clock(), **body.model_dump())
+    command = RoomConfigureRequested(room_id=room_id, requested_at=svc.clock(), **body.model_dump(exclude_none=True))
     try:
         wanted = configured(current, command)
     except InvalidCommand as exc:

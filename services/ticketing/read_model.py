@@ -36,6 +36,7 @@ class ReadModel(TailedView):
         self._ticket_waiters: dict[str, list[asyncio.Future[Ticket]]] = {}
         self._changed = asyncio.Condition()
         self.events_applied = 0
+        self._listeners: list[Callable[[Sequence[RoomEvent]], None]] = []
 
     def _apply_decoded(self, records: Sequence[tuple[Record, RoomEvent]]) -> None:
         self.apply([event for _, event in records])
@@ -55,6 +56,12 @@ class ReadModel(TailedView):
                 self._resolve(event.ticket_id, ticket=room.tickets.get(event.ticket_id))
         if events:
             asyncio.get_running_loop().create_task(self._notify())
+            for listener in self._listeners:
+                listener(events)
+
+    def add_listener(self, listener: Callable[[Sequence[RoomEvent]], None]) -> None:
+        """Call ``listener`` with every batch of events, once folded (the ticket streams' fan-out)."""
+        self._listeners.append(listener)
 
     async def _notify(self) -> None:
         async with self._changed:

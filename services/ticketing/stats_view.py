@@ -9,7 +9,7 @@ each live room's numbers one snapshot interval after it starts, without reading 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -32,6 +32,11 @@ class StatsView(TailedView):
         self.latest: dict[str, RoomStats] = {}
         self._windows: dict[str, deque[RoomStats]] = {}
         self._tail = TopicTail(kafka, topic, RoomStats, self._apply_decoded, from_beginning=False)
+        self._pace_listeners: list[Callable[[str], None]] = []
+
+    def add_pace_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(room_id)`` when a room's admission pace changes (its waits' estimates do)."""
+        self._pace_listeners.append(listener)
 
     def _apply_decoded(self, records: Sequence[tuple[Record, RoomStats]]) -> None:
         for _, stats in records:
@@ -42,6 +47,9 @@ class StatsView(TailedView):
         if current is not None and current.at > stats.at:
             return  # an older snapshot (a replica's or a replay's) arriving late
         self.latest[stats.room_id] = stats
+        if current is None or current.seconds_per_admission != stats.seconds_per_admission:
+            for listener in self._pace_listeners:
+                listener(stats.room_id)
         windows = self._windows.setdefault(stats.room_id, deque(maxlen=RECENT_WINDOWS))
         if windows and windows[-1].window_start == stats.window_start:
             windows[-1] = stats  # the same closed minute: keep the newest report of it
