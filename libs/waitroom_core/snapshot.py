@@ -138,8 +138,11 @@ def encode_rooms(rooms: Iterable[RoomState], keep_ended_s: float | None = None) 
 def _encode_room(room: RoomState, keep_ended_s: float | None) -> bytes:
     config = room.config
     assert config is not None
-    out = [_str(room.room_id), b"\x01", _CONFIG.pack(config.capacity, config.heartbeat_timeout_s,
-                                                       config.heartbeat_interval_s, config.paused)]
+    out = [
+        _str(room.room_id),
+        b"\x01",
+        _CONFIG.pack(config.capacity, config.heartbeat_timeout_s, config.heartbeat_interval_s, config.paused),
+    ]
     out.append(_str(config.target_url))
     out.append(
         _ROOM.pack(
@@ -250,7 +253,9 @@ def unframe(manifest: Manifest, chunks: dict[int, bytes]) -> bytes:
     except zlib.error as exc:
         raise SnapshotError(f"snapshot {manifest.snapshot_id} does not decompress: {exc}") from None
     if len(body) != manifest.body_bytes:
-        raise SnapshotError(f"snapshot {manifest.snapshot_id} has {len(body)} body bytes, expected {manifest.body_bytes}")
+        raise SnapshotError(
+            f"snapshot {manifest.snapshot_id} has {len(body)} body bytes, expected {manifest.body_bytes}"
+        )
     return body
 
 
@@ -273,14 +278,14 @@ def decode_rooms(body: bytes) -> dict[str, RoomState]:
 
 
 def _decode_room(reader: _Reader) -> RoomState:
-    room_id = reader.str()
+    room_id = reader.text()
     if room_id is None:
         raise SnapshotError("a room without an id")
     room = RoomState(room_id)
     if reader.take(1) != b"\x01":
         raise SnapshotError(f"room {room_id!r} has no configuration")
     capacity, timeout, interval, paused = reader.unpack(_CONFIG)
-    room.config = RoomConfig(capacity, timeout, interval, reader.str(), bool(paused))
+    room.config = RoomConfig(capacity, timeout, interval, reader.text(), bool(paused))
     last_queue_no, cursor, active, waiting, last_event_at = reader.unpack(_ROOM)
     n = reader.unpack(_U32)[0]
     queue_nos = reader.array("Q", n)
@@ -366,12 +371,12 @@ class _Reader:
     def unpack(self, shape: struct.Struct) -> tuple[Any, ...]:
         return shape.unpack(self.take(shape.size))
 
-    def str(self) -> str | None:
+    def text(self) -> str | None:
         n = self.unpack(_U16)[0]
         return None if n == _NO_STR else self.take(n).decode()
 
-    def array(self, code: str, n: int) -> array[int] | array[float]:
-        column: array[int] | array[float] = array(code)
+    def array(self, code: str, n: int) -> array[Any]:
+        column: array[Any] = array(code)
         column.frombytes(self.take(column.itemsize * n))
         _little(column)
         return column

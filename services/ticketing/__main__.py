@@ -130,14 +130,23 @@ def http_config(app: FastAPI, host: str, port: int, settings: TicketingSettings)
     )
 
 
+def sequencer_options(settings: TicketingSettings) -> SequencerOptions:
+    return SequencerOptions(
+        group_id=settings.group,
+        transactional=settings.transactions,
+        snapshot_every_events=settings.snapshot_every_events,
+        snapshot_every_s=settings.snapshot_every_s,
+        snapshot_keep_ended_s=settings.snapshot_keep_ended_s,
+        session_timeout_ms=settings.session_timeout_ms,
+    )
+
+
 def build(settings: TicketingSettings) -> list[Component]:
     topics = settings.common.topics()
     components: list[Component] = []
     sequencer: Sequencer | None = None
     if settings.role in ("all", "sequencer"):
-        sequencer = Sequencer(
-            settings.kafka, topics, SequencerOptions(group_id=settings.group, transactional=settings.transactions)
-        )
+        sequencer = Sequencer(settings.kafka, topics, sequencer_options(settings))
         components.append(sequencer)
     if settings.role in ("all", "api"):
         producer = ProducerComponent(make_producer(settings.kafka))

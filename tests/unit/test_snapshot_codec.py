@@ -68,7 +68,11 @@ def history(seed: int, steps: int, room_id: str = "r1") -> tuple[RoomState, list
         elif roll < 0.9:
             run(AdmitRequested(room_id=room_id, requested_at=now, count=2, above_capacity=rng.random() < 0.5))
         else:
-            run(RoomConfigureRequested(room_id=room_id, requested_at=now, capacity=rng.randrange(0, 6), paused=rng.random() < 0.2))
+            run(
+                RoomConfigureRequested(
+                    room_id=room_id, requested_at=now, capacity=rng.randrange(0, 6), paused=rng.random() < 0.2
+                )
+            )
     return state, events
 
 
@@ -88,10 +92,20 @@ def observable(room: RoomState) -> dict[str, object]:
     }
 
 
-def round_trip(rooms: list[RoomState], keep_ended_s: float | None = None, chunk_bytes: int = 64) -> dict[str, RoomState]:
+def round_trip(
+    rooms: list[RoomState], keep_ended_s: float | None = None, chunk_bytes: int = 64
+) -> dict[str, RoomState]:
     body, count = encode_rooms(rooms, keep_ended_s)
-    framed = frame(body, rooms=count, partition=3, snapshot_id=7, next_offset=11, events_offset=5, taken_at=1.5,
-                   chunk_bytes=chunk_bytes)
+    framed = frame(
+        body,
+        rooms=count,
+        partition=3,
+        snapshot_id=7,
+        next_offset=11,
+        events_offset=5,
+        taken_at=1.5,
+        chunk_bytes=chunk_bytes,
+    )
     manifest = Manifest.decode(framed.manifest.encode())
     return decode_rooms(unframe(manifest, dict(enumerate(framed.chunks))))
 
@@ -171,8 +185,9 @@ def corrupt_cases() -> list[tuple[str, object]]:
 def test_a_damaged_snapshot_is_refused_never_misread(damage: str) -> None:
     state, _ = history(3, 100)
     body, count = encode_rooms([state])
-    framed = frame(body, rooms=count, partition=0, snapshot_id=4, next_offset=1, events_offset=0, taken_at=0.0,
-                   chunk_bytes=200)
+    framed = frame(
+        body, rooms=count, partition=0, snapshot_id=4, next_offset=1, events_offset=0, taken_at=0.0, chunk_bytes=200
+    )
     chunks = dict(enumerate(framed.chunks))
     manifest_bytes = framed.manifest.encode()
     if damage == "flipped byte":
@@ -182,13 +197,13 @@ def test_a_damaged_snapshot_is_refused_never_misread(damage: str) -> None:
     elif damage == "missing chunk":
         del chunks[len(chunks) - 1]
     elif damage == "foreign chunk":
-        other = frame(body, rooms=count, partition=0, snapshot_id=5, next_offset=1, events_offset=0, taken_at=0.0,
-                      chunk_bytes=200)
+        other = frame(
+            body, rooms=count, partition=0, snapshot_id=5, next_offset=1, events_offset=0, taken_at=0.0, chunk_bytes=200
+        )
         chunks[0] = other.chunks[0]
     elif damage == "truncated body":
         compressed = zlib.compress(body[:-3], 1)
-        broken = frame(body[:-3], rooms=count, partition=0, snapshot_id=4, next_offset=1, events_offset=0,
-                       taken_at=0.0)
+        broken = frame(body[:-3], rooms=count, partition=0, snapshot_id=4, next_offset=1, events_offset=0, taken_at=0.0)
         assert len(compressed) == broken.manifest.compressed_bytes
         with pytest.raises(SnapshotError):
             decode_rooms(unframe(broken.manifest, dict(enumerate(broken.chunks))))
@@ -203,8 +218,16 @@ def test_version_1_is_byte_for_byte_the_golden_snapshot_and_still_decodes() -> N
     first, _ = history(11, 60, room_id="golden-a")
     second, _ = history(12, 30, room_id="golden-b")
     body, count = encode_rooms([first, second], keep_ended_s=20.0)
-    framed = frame(body, rooms=count, partition=2, snapshot_id=9, next_offset=321, events_offset=300,
-                   taken_at=1_700_000_060.0, chunk_bytes=1024)
+    framed = frame(
+        body,
+        rooms=count,
+        partition=2,
+        snapshot_id=9,
+        next_offset=321,
+        events_offset=300,
+        taken_at=1_700_000_060.0,
+        chunk_bytes=1024,
+    )
     files = {"v1.manifest.bin": framed.manifest.encode()} | {
         f"v1.chunk-{i}.bin": chunk for i, chunk in enumerate(framed.chunks)
     }
