@@ -12,7 +12,7 @@ Layout, all little-endian (version 1). The *body* holds the rooms::
       str room_id | u8 has_config [u32 capacity, f64 timeout, f64 interval, u8 paused, str target_url?]
       u64 last_queue_no | u64 cursor | u32 active | u32 waiting | f64 last_event_at (NaN: none)
       u32 n kept tickets, then columns of n: u64 queue_no[] | u8 state[] | f64 issued_at[] |
-      f64 admitted_at[] (NaN: none) | f64 ended_at[] (NaN: none) | u16 id_len[] | utf-8 ids
+      f64 admitted_at[] (NaN: none) | f64 ended_at[] (NaN: none) | u32 length + utf-8 ids joined by NUL
 
     str = u16 length + utf-8 (u16 0xFFFF: none)
 
@@ -39,6 +39,7 @@ import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from waitroom_core.fenwick import Fenwick
@@ -59,6 +60,13 @@ _NO_STR = 0xFFFF
 _STATES = (TicketState.WAITING, TicketState.ADMITTED, TicketState.EXPIRED, TicketState.LEFT)
 _STATE_CODE = {state: code for code, state in enumerate(_STATES)}
 _NAN = math.nan
+_WAITING, _ADMITTED = 0, 1
+_TICKET_ID = attrgetter("ticket_id")
+_QUEUE_NO = attrgetter("queue_no")
+_STATE = attrgetter("state")
+_ISSUED_AT = attrgetter("issued_at")
+_ADMITTED_AT = attrgetter("admitted_at")
+_ENDED_AT = attrgetter("ended_at")
 
 
 class SnapshotError(ValueError):
@@ -142,54 +150,41 @@ def _encode_room(room: RoomState, keep_ended_s: float | None) -> bytes:
         _str(room.room_id),
         b"\x01",
         _CONFIG.pack(config.capacity, config.heartbeat_timeout_s, config.heartbeat_interval_s, config.paused),
-    ]
-    out.append(_str(config.target_url))
-    out.append(
+        _str(config.target_url),
         _ROOM.pack(
             room.last_queue_no,
             room._cursor,
             room.active,
             room.waiting,
             _NAN if room.last_event_at is None else room.last_event_at,
-        )
-    )
-    cutoff = None
+        ),
+    ]
+    kept: Iterable[Ticket] = room.tickets.values()
     if keep_ended_s is not None and room.last_event_at is not None:
         cutoff = room.last_event_at - keep_ended_s
-    cursor = room._cursor
-    queue_nos = array("Q")
-    states = bytearray()
-    issued = array("d")
-    admitted = array("d")
-    ended = array("d")
-    id_lens = array("H")
-    ids: list[bytes] = []
-    for ticket in room.tickets.values():
-        if (
-            cutoff is not None
-            and ticket.ended_at is not None
-            and ticket.ended_at < cutoff
-            and ticket.queue_no <= cursor
-        ):
-            continue
-        queue_nos.append(ticket.queue_no)
-        states.append(_STATE_CODE[ticket.state])
-        issued.append(ticket.issued_at)
-        admitted.append(_NAN if ticket.admitted_at is None else ticket.admitted_at)
-        ended.append(_NAN if ticket.ended_at is None else ticket.ended_at)
-        raw = ticket.ticket_id.encode()
-        id_lens.append(len(raw))
-        ids.append(raw)
-    _little(queue_nos, issued, admitted, ended, id_lens)
+        cursor = room._cursor
+        kept = [t for t in kept if t.ended_at is None or t.ended_at >= cutoff or t.queue_no > cursor]
+    else:
+        kept = list(kept)
+    # One pass per column, each in C (map/attrgetter): this runs in the sequencer's event loop.
+    ids = "\x00".join(map(_TICKET_ID, kept)).encode()
+    if ids.count(0) != max(0, len(kept) - 1):
+        raise ValueError("a ticket id of a snapshot may not hold a NUL character")
+    queue_nos = array("Q", map(_QUEUE_NO, kept))
+    states = bytes(map(_STATE_CODE.__getitem__, map(_STATE, kept)))
+    issued = array("d", map(_ISSUED_AT, kept))
+    admitted = array("d", [_NAN if at is None else at for at in map(_ADMITTED_AT, kept)])
+    ended = array("d", [_NAN if at is None else at for at in map(_ENDED_AT, kept)])
+    _little(queue_nos, issued, admitted, ended)
     out += [
         _U32.pack(len(queue_nos)),
         queue_nos.tobytes(),
-        bytes(states),
+        states,
         issued.tobytes(),
         admitted.tobytes(),
         ended.tobytes(),
-        id_lens.tobytes(),
-        b"".join(ids),
+        _U32.pack(len(ids)),
+        ids,
     ]
     return b"".join(out)
 
@@ -289,36 +284,34 @@ def _decode_room(reader: _Reader) -> RoomState:
     last_queue_no, cursor, active, waiting, last_event_at = reader.unpack(_ROOM)
     n = reader.unpack(_U32)[0]
     queue_nos = reader.array("Q", n)
-    states = reader.take(n)
+    codes = reader.take(n)
     issued = reader.array("d", n)
-    admitted = reader.array("d", n)
-    ended = reader.array("d", n)
-    id_lens = reader.array("H", n)
-    by_queue = [""] * (last_queue_no + 1)
-    counts = [0] * (last_queue_no + 1)
-    tickets: dict[str, Ticket] = {}
-    seen_active = seen_waiting = 0
-    for i in range(n):
-        ticket_id = reader.take(id_lens[i]).decode()
-        queue_no = queue_nos[i]
-        state = _STATES[states[i]]
-        if not 1 <= queue_no <= last_queue_no or by_queue[queue_no] or ticket_id in tickets:
-            raise SnapshotError(f"room {room_id!r}: ticket {queue_no} is out of place")
-        tickets[ticket_id] = Ticket(
-            ticket_id, queue_no, state, issued[i], _none_if_nan(admitted[i]), _none_if_nan(ended[i])
-        )
-        by_queue[queue_no] = ticket_id
-        if state is TicketState.WAITING:
-            if queue_no <= cursor:
-                raise SnapshotError(f"room {room_id!r}: waiting ticket {queue_no} behind the cursor")
-            counts[queue_no] = 1
-            seen_waiting += 1
-        elif state is TicketState.ADMITTED:
-            seen_active += 1
-    if (seen_active, seen_waiting) != (active, waiting) or cursor > last_queue_no:
+    admitted = [None if at != at else at for at in reader.array("d", n)]  # noqa: PLR0124 - NaN is none
+    ended = [None if at != at else at for at in reader.array("d", n)]  # noqa: PLR0124 - NaN is none
+    raw_ids = reader.take(reader.unpack(_U32)[0])
+    ids = raw_ids.decode().split("\x00") if n else []
+    if len(ids) != n or max(codes, default=0) >= len(_STATES):
+        raise SnapshotError(f"room {room_id!r}: its ticket columns do not match")
+    # Whole-column checks instead of per-ticket ones: decoding is on the failover's critical path.
+    if n and (min(queue_nos) < 1 or max(queue_nos) > last_queue_no or len(set(queue_nos)) != n):
+        raise SnapshotError(f"room {room_id!r}: ticket numbers out of place")
+    states = list(map(_STATES.__getitem__, codes))
+    tickets = dict(zip(ids, map(Ticket, ids, queue_nos, states, issued, admitted, ended), strict=True))
+    if len(tickets) != n:
+        raise SnapshotError(f"room {room_id!r}: a ticket id appears twice")
+    waiting_nos = [q for q, code in zip(queue_nos, codes, strict=True) if code == _WAITING]
+    if (codes.count(_ADMITTED), len(waiting_nos)) != (active, waiting) or cursor > last_queue_no:
         raise SnapshotError(f"room {room_id!r}: counters do not match its tickets")
-    if any(not by_queue[q] for q in range(cursor + 1, last_queue_no + 1)):
+    if waiting_nos and min(waiting_nos) <= cursor:
+        raise SnapshotError(f"room {room_id!r}: a waiting ticket behind the cursor")
+    if sum(1 for q in queue_nos if q > cursor) != last_queue_no - cursor:
         raise SnapshotError(f"room {room_id!r}: a ticket after the cursor is missing")
+    by_queue = [""] * (last_queue_no + 1)
+    for queue_no, ticket_id in zip(queue_nos, ids, strict=True):
+        by_queue[queue_no] = ticket_id
+    counts = [0] * (last_queue_no + 1)
+    for queue_no in waiting_nos:
+        counts[queue_no] = 1
     room.last_queue_no = last_queue_no
     room._cursor = cursor
     room.active = active
