@@ -87,6 +87,8 @@ class ReadModel(TailedView):
                 room = self.rooms[event.room_id] = RoomState(event.room_id)
             evolve(room, event)
             self.events_applied += 1
+            if not room.exists:
+                del self.rooms[event.room_id]  # archived
             if isinstance(event, TicketIssued):
                 self._resolve(event.ticket_id, ticket=room.tickets.get(event.ticket_id))
         if events:

@@ -59,6 +59,10 @@ log = structlog.get_logger()
 BATCH_BYTES = 512 * 1024
 
 
+class LogTruncated(RuntimeError):
+    """The log no longer holds the events recovery needs (a retention time without a snapshot)."""
+
+
 @dataclass
 class OwnedPartition:
     partition: int
@@ -115,6 +119,8 @@ class Sequencer(Component):
         self._untrack_lag: Callable[[], None] | None = None
         self._snapshots = SnapshotStore(kafka, topics.snapshots.name) if options.snapshot_every_events > 0 else None
         self._snapshot_timer: asyncio.Task[None] | None = None
+        self._failure: LogTruncated | None = None
+        self._failed = asyncio.Event()
         #: set once the group gave this member its partitions (possibly none)
         self.joined = asyncio.Event()
 
@@ -148,7 +154,16 @@ class Sequencer(Component):
 
     async def run(self) -> None:
         assert self._consumer is not None
-        await _CommandLoop(self, self._consumer).run()
+        commands = asyncio.get_running_loop().create_task(_CommandLoop(self, self._consumer).run())
+        failed = asyncio.get_running_loop().create_task(self._failed.wait())
+        try:
+            await asyncio.wait({commands, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+        if self._failure is not None:
+            commands.cancel()
+            raise self._failure  # from the rebalance listener, which aiokafka would only log
+        await commands
 
     async def stop(self) -> None:
         if self._untrack_lag is not None:
@@ -175,7 +190,13 @@ class Sequencer(Component):
         async with self._lock:
             for tp in sorted(partitions, key=lambda t: t.partition):
                 if tp.partition not in self._owned:
-                    await self._take_ownership(tp)
+                    try:
+                        await self._take_ownership(tp)
+                    except LogTruncated as exc:
+                        log.error("room_events_truncated", partition=tp.partition, error=str(exc))
+                        self._failure = exc
+                        self._failed.set()
+                        return
         self.joined.set()  # joined the group (possibly with no partition: more members than partitions)
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
@@ -244,6 +265,14 @@ class Sequencer(Component):
         reader = make_consumer(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
         await reader.start()
         try:
+            first = (await reader.beginning_offsets([events_tp]))[events_tp]
+            if first > start:
+                # room-events has a retention time and lost what the snapshot (or its absence) needs:
+                # replaying what is left would build wrong rooms. Refuse to own the partition.
+                raise LogTruncated(
+                    f"room-events partition {owned.partition} starts at offset {first}, recovery needs {start}: "
+                    "no valid snapshot covers the retained log (docs/adr/0007-snapshots-compaction-retention.md)"
+                )
             owned.events_floor = await read_to_end(
                 reader, events_tp, lambda record: self._replay(owned, record), start, max_records=5000
             )
@@ -265,6 +294,8 @@ class Sequencer(Component):
                 room = owned.rooms[event.room_id] = RoomState(event.room_id)
             evolve(room, event)
             owned.events_replayed += 1
+            if not room.exists:
+                del owned.rooms[event.room_id]  # archived
         source = header(record.headers, HEADER_SOURCE_OFFSET)
         if source is not None:
             owned.next_offset = max(owned.next_offset, int(source) + 1)
@@ -333,6 +364,8 @@ class Sequencer(Component):
             evolve(room, event)
         if room.exists:
             owned.rooms.setdefault(command.room_id, room)
+        else:
+            owned.rooms.pop(command.room_id, None)  # archived (or never created)
         owned.next_offset = record.offset + 1
         return events
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from support.http import create_room, settle, wait_room_visible
+from support.http import admin_headers, bearer, create_room, settle, wait_room_visible
 from support.kafka_log import read_topic
 from support.waiting import eventually
 
@@ -151,3 +151,42 @@ async def test_a_restart_resumes_from_a_snapshot_and_a_corrupted_snapshot_falls_
     assert (room["active"], room["waiting"], room["last_queue_no"]) == (2, 38, 40)
     acked = {t["ticket_id"] for t in tickets}
     check_log(await read_topic(kafka_bootstrap, topics.room_events.name), "snap-corrupt", acked, capacity=2)
+
+
+async def test_an_archived_room_is_gone_from_the_api_and_stays_gone_after_a_restart_from_snapshots(
+    topics: TopicRegistry, launch_ticketing: Any
+) -> None:
+    (proc,) = launch_ticketing(topics, **SNAPSHOTS)
+    async with httpx.AsyncClient(timeout=30) as http:
+        await create_room(http, proc.admin_url, "retired", capacity=1)
+        await create_room(http, proc.admin_url, "kept", capacity=1)
+        ticket = await join(http, proc.url, "retired")
+        await join(http, proc.url, "kept")
+        archive = f"{proc.admin_url}/v1/admin/rooms/retired/archive"
+        busy = await http.post(archive, headers=admin_headers())
+        assert busy.status_code == 409 and busy.json()["error"] == "room_not_empty"
+        unauthorized = await http.post(archive)
+        assert unauthorized.status_code == 401
+        left = await http.delete(
+            f"{proc.url}/v1/rooms/retired/tickets/{ticket['ticket_id']}", headers=bearer(ticket["ticket_token"])
+        )
+        assert left.status_code == 204
+
+        async def archived() -> httpx.Response | None:
+            answer = await http.post(archive, headers=admin_headers())
+            return None if answer.status_code == 409 else answer  # the leave not folded yet
+
+        done = await eventually(archived, timeout=15, what="the room archived once empty")
+        assert done.status_code == 200 and done.json() == {"room_id": "retired", "state": "archived"}
+        assert (await http.get(f"{proc.url}/v1/rooms/retired")).status_code == 404
+        assert (
+            await http.post(f"{proc.admin_url}/v1/admin/rooms/nowhere/archive", headers=admin_headers())
+        ).status_code == 404
+        archived_at = len(log_events(proc, "snapshot_written"))
+        await eventually(lambda: len(log_events(proc, "snapshot_written")) > archived_at, timeout=30)
+        proc.stop()
+        proc = launch_ticketing.restart(proc)
+        assert (await http.get(f"{proc.url}/v1/rooms/retired")).status_code == 404
+        assert (await http.post(f"{proc.url}/v1/rooms/retired/tickets")).status_code == 404
+        rooms = (await http.get(f"{proc.admin_url}/v1/admin/rooms", headers=admin_headers())).json()["rooms"]
+        assert [room["room_id"] for room in rooms] == ["kept"]
