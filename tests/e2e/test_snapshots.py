@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from e2e.conftest import TicketingProcess
 from support.http import admin_headers, bearer, create_room, settle, wait_room_visible
 from support.kafka_log import read_topic
 from support.waiting import eventually
@@ -190,3 +192,41 @@ async def test_an_archived_room_is_gone_from_the_api_and_stays_gone_after_a_rest
         assert (await http.post(f"{proc.url}/v1/rooms/retired/tickets")).status_code == 404
         rooms = (await http.get(f"{proc.admin_url}/v1/admin/rooms", headers=admin_headers())).json()["rooms"]
         assert [room["room_id"] for room in rooms] == ["kept"]
+
+
+async def test_a_sequencer_refuses_a_partition_whose_retained_log_no_snapshot_covers(
+    topics: TopicRegistry, launch_ticketing: Any, kafka_bootstrap: str
+) -> None:
+    """room-events with a retention time that dropped the start of a room, and no snapshot: the
+    process exits instead of building the room from what is left."""
+    (proc,) = launch_ticketing(topics, WAITROOM_TICKETING_SNAPSHOT_EVERY_EVENTS="0")
+    async with httpx.AsyncClient(timeout=30) as http:
+        await create_room(http, proc.admin_url, "truncated", capacity=1)
+        for _ in range(3):
+            await join(http, proc.url, "truncated")
+    proc.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topics.room_events.name, p) for p in range(topics.room_events.partitions)]
+        ends = await asyncio.gather(*(admin_end(kafka_bootstrap, tp) for tp in tps))
+        [events] = [tp for tp, end in zip(tps, ends, strict=True) if end > 0]
+        await admin.delete_records({events: RecordsToDelete(before_offset=1)})  # the RoomConfigured
+    finally:
+        await admin.close()
+
+    again = TicketingProcess(proc.name, proc.module, proc.env, proc.log_path, proc.ready_url, proc.args)
+    launch_ticketing.started.append(again.start())
+    await eventually(lambda: not again.alive(), timeout=60, what="the process to exit")
+    assert again.returncode() not in (None, 0)
+    [refused] = log_events(again, "room_events_truncated")
+    assert refused["partition"] == events.partition
+
+
+async def admin_end(bootstrap: str, tp: TopicPartition) -> int:
+    reader = make_consumer(KafkaSettings(bootstrap_servers=bootstrap))
+    await reader.start()
+    try:
+        return int((await reader.end_offsets([tp]))[tp])
+    finally:
+        await reader.stop()
