@@ -68,7 +68,7 @@ SECTION = "Failover with snapshots"
 SESSION_TIMEOUT_MS = 6000
 SNAPSHOT_EVERY_EVENTS = 5000
 JOIN_WAIT_S = 2.0
-KEEP_ENDED_S = 3600.0
+KEEP_ENDED_S = 600.0  # the default of WAITROOM_TICKETING_SNAPSHOT_KEEP_ENDED_S
 
 
 # ---------------------------------------------------------------------------------------------

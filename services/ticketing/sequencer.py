@@ -79,7 +79,6 @@ class OwnedPartition:
     events_since_snapshot: int = 0
     snapshot_at: float = field(default_factory=time.monotonic)
     snapshot_id: int = 0
-    snapshotting: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class SequencerOptions:
     #: ... or after this many seconds with at least one event
     snapshot_every_s: float = 60.0
     #: ended tickets older than this (before their room's newest event) are left out of snapshots
-    snapshot_keep_ended_s: float | None = 3600.0
+    snapshot_keep_ended_s: float | None = 600.0
     #: the group's session timeout: how long a dead sequencer holds its partitions
     session_timeout_ms: int = 10_000
 
@@ -119,6 +118,8 @@ class Sequencer(Component):
         self._untrack_lag: Callable[[], None] | None = None
         self._snapshots = SnapshotStore(kafka, topics.snapshots.name) if options.snapshot_every_events > 0 else None
         self._snapshot_timer: asyncio.Task[None] | None = None
+        #: the snapshot being written per partition, kept across a release and a new assignment
+        self._writing: dict[int, asyncio.Task[None]] = {}
         self._failure: LogTruncated | None = None
         self._failed = asyncio.Event()
         #: set once the group gave this member its partitions (possibly none)
@@ -171,9 +172,9 @@ class Sequencer(Component):
         if self._snapshot_timer is not None:
             self._snapshot_timer.cancel()
         async with self._lock:
+            for writing in self._writing.values():
+                writing.cancel()  # half a snapshot is never read (docs/adr/0007)
             for owned in self._owned.values():
-                if owned.snapshotting is not None:
-                    owned.snapshotting.cancel()  # half a snapshot is never read (docs/adr/0007)
                 if owned.producer is not self._plain_producer:
                     await owned.producer.stop()
             self._owned.clear()
@@ -253,6 +254,11 @@ class Sequencer(Component):
         without one): the rooms' state and the next command to apply."""
         start = 0
         if self._snapshots is not None:
+            writing = self._writing.get(owned.partition)
+            if writing is not None:
+                # Ours, from before a rebalance took the partition away and gave it back: without
+                # waiting, the load would miss it and replay everything it covers.
+                await asyncio.wait({writing}, timeout=30)
             found = await self._snapshots.load(owned.partition)
             owned.snapshot_id = found.next_id
             if found.loaded is not None:
@@ -381,7 +387,8 @@ class Sequencer(Component):
         options = self._options
         if self._snapshots is None or owned.events_since_snapshot == 0:
             return
-        if owned.snapshotting is not None and not owned.snapshotting.done():
+        writing = self._writing.get(owned.partition)
+        if writing is not None and not writing.done():
             return
         if (
             owned.events_since_snapshot < options.snapshot_every_events
@@ -403,7 +410,9 @@ class Sequencer(Component):
         owned.snapshot_id += 1
         owned.events_since_snapshot = 0
         owned.snapshot_at = time.monotonic()
-        owned.snapshotting = asyncio.get_running_loop().create_task(self._write_snapshot(body, snapshot, encode_s))
+        self._writing[owned.partition] = asyncio.get_running_loop().create_task(
+            self._write_snapshot(body, snapshot, encode_s)
+        )
 
     async def _write_snapshot(self, body: bytes, snapshot: dict[str, Any], encode_s: float) -> None:
         assert self._snapshots is not None
