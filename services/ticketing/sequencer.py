@@ -159,6 +159,9 @@ class Sequencer(Component):
         failed = asyncio.get_running_loop().create_task(self._failed.wait())
         try:
             await asyncio.wait({commands, failed}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            commands.cancel()
+            raise
         finally:
             failed.cancel()
         if self._failure is not None:
