@@ -144,7 +144,7 @@ class SnapshotStore:
                 if (data := latest.get(chunk_key(partition, slot, i))) is not None
             }
             try:
-                with _collector_paused():
+                with collector_paused():
                     rooms = decode_rooms(unframe(manifest, chunks))
             except SnapshotError as exc:
                 refused.append(f"snapshot {manifest.snapshot_id}: {exc}")
@@ -154,7 +154,7 @@ class SnapshotStore:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Decoding makes a million objects that all live on: the cyclic collector would scan them
     again and again while they are made, for nothing (it doubled the decode time, measured)."""
     enabled = gc.isenabled()
