@@ -132,8 +132,14 @@ class Produced:
     sample: list[EncodedRecord]
 
 
-async def produce_history(bootstrap: str, topics: TopicRegistry, total: int) -> Produced:
-    """Write the synthetic history to partition 0 of room-events, batch by batch, through the codec."""
+async def produce_history(
+    bootstrap: str, topics: TopicRegistry, total: int, source_offset: int | None = None
+) -> Produced:
+    """Write the synthetic history to partition 0 of room-events, batch by batch, through the codec.
+
+    ``source_offset``: every event names this command offset instead of its own (for a bench that
+    needs the commands topic to end where the history leaves off, without producing its commands).
+    """
     producer = make_producer(KafkaSettings(bootstrap_servers=bootstrap), linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     topic = topics.room_events.name
@@ -144,8 +150,9 @@ async def produce_history(bootstrap: str, topics: TopicRegistry, total: int) -> 
     pending = []
     try:
         batch = producer.create_batch()
-        for source_offset, event in synthetic_history(total):
-            record = encode(event, outgoing_headers([(HEADER_SOURCE_OFFSET, str(source_offset).encode())]))
+        for own_offset, event in synthetic_history(total):
+            named = own_offset if source_offset is None else source_offset
+            record = encode(event, outgoing_headers([(HEADER_SOURCE_OFFSET, str(named).encode())]))
             mix[type(event).__name__] = mix.get(type(event).__name__, 0) + 1
             value_bytes += len(record.value)
             if len(sample) < FOLD_SAMPLE:

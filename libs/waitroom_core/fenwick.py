@@ -14,6 +14,14 @@ class Fenwick:
         self._values = [0] * (size + 1)
         self._tree = [0] * (size + 1)
 
+    @classmethod
+    def from_counts(cls, counts: list[int]) -> Fenwick:
+        """A tree over ``counts[1:]`` (index 0 unused), built in one linear pass."""
+        tree = cls(0)
+        tree._values = list(counts) if counts else [0]
+        tree._tree = _built(tree._values)
+        return tree
+
     @property
     def size(self) -> int:
         return len(self._tree) - 1
@@ -46,10 +54,16 @@ class Fenwick:
         while size < index:
             size *= 2
         values = self._values + [0] * (size + 1 - len(self._values))
-        tree = values[:]
-        for i in range(1, size + 1):
-            parent = i + (i & -i)
-            if parent <= size:
-                tree[parent] += tree[i]
         self._values = values
-        self._tree = tree
+        self._tree = _built(values)
+
+
+def _built(values: list[int]) -> list[int]:
+    """The Fenwick tree of ``values`` (index 0 unused): each node adds itself to its parent once."""
+    tree = values[:]
+    size = len(tree) - 1
+    for i in range(1, size + 1):
+        parent = i + (i & -i)
+        if parent <= size:
+            tree[parent] += tree[i]
+    return tree

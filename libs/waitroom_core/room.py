@@ -24,10 +24,12 @@ from waitroom_events.commands import (
     ExpireRequested,
     JoinRequested,
     LeaveRequested,
+    RoomArchiveRequested,
     RoomConfigureRequested,
 )
 from waitroom_events.events import (
     JoinRejected,
+    RoomArchived,
     RoomConfigured,
     RoomEvent,
     TicketAdmitted,
@@ -167,6 +169,8 @@ def decide(state: RoomState, command: Command, now: float) -> list[RoomEvent]:
             return _decide_configure(state, command, now)
         case AdmitRequested():
             return _decide_admit(state, command, now)
+        case RoomArchiveRequested():
+            return _decide_archive(state, now)
     raise InvalidCommand(f"unknown command {type(command).__name__}")
 
 
@@ -313,6 +317,12 @@ def _decide_admit(state: RoomState, command: AdmitRequested, now: float) -> list
     return _admit_next(state, count, now, manual=True)
 
 
+def _decide_archive(state: RoomState, now: float) -> list[RoomEvent]:
+    if state.config is None or state.active or state.waiting:
+        return []  # unknown, or someone still holds a ticket: the API answers 409 before asking
+    return [RoomArchived(room_id=state.room_id, at=now, last_queue_no=state.last_queue_no)]
+
+
 def _backfill(
     state: RoomState, config: RoomConfig, active_after: int, now: float, exclude: str | None = None
 ) -> list[RoomEvent]:
@@ -388,6 +398,9 @@ def evolve(state: RoomState, event: RoomEvent) -> RoomState:
             ticket.ended_at = event.at
         case JoinRejected():
             pass
+        case RoomArchived():
+            RoomState.__init__(state, state.room_id)  # as if never created: every reader drops it
+            return state
     state.last_event_at = event.at
     _advance_cursor(state)
     return state

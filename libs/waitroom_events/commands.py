@@ -59,4 +59,14 @@ class AdmitRequested(Message):
     above_capacity: bool = False
 
 
-Command = JoinRequested | LeaveRequested | ExpireRequested | RoomConfigureRequested | AdmitRequested
+@message_type("waitroom.room.archive-requested.v1")
+@dataclass(frozen=True, slots=True)
+class RoomArchiveRequested(Message):
+    """An operator retires a room that has no live ticket left: its state leaves every snapshot."""
+
+    requested_at: float
+
+
+Command = (
+    JoinRequested | LeaveRequested | ExpireRequested | RoomConfigureRequested | AdmitRequested | RoomArchiveRequested
+)

@@ -69,7 +69,18 @@ class JoinRejected(Message):
     reason: str
 
 
+@message_type("waitroom.room.archived.v1")
+@dataclass(frozen=True, slots=True)
+class RoomArchived(Message):
+    """The room is retired: its state is dropped by every reader and left out of snapshots from
+    here on (its history stays in the log). A room configured later under the same id is a new
+    room, numbered from 1."""
+
+    at: float
+    last_queue_no: int
+
+
 #: every event on room-events (usable with ``isinstance``)
-RoomEvent = RoomConfigured | TicketIssued | TicketAdmitted | TicketLeft | TicketExpired | JoinRejected
+RoomEvent = RoomConfigured | TicketIssued | TicketAdmitted | TicketLeft | TicketExpired | JoinRejected | RoomArchived
 #: the room-events that change a room's state (a rejected join only answers the waiting call)
-StateEvent = RoomConfigured | TicketIssued | TicketAdmitted | TicketLeft | TicketExpired
+StateEvent = RoomConfigured | TicketIssued | TicketAdmitted | TicketLeft | TicketExpired | RoomArchived

@@ -30,6 +30,8 @@ class TopicRegistry:
     reaper_delay: TopicSpec
     room_stats: TopicSpec
     alerts: TopicSpec
+    #: compacted: the newest snapshot of each partition's rooms (docs/adr/0007); co-partitioned too
+    snapshots: TopicSpec
 
     def primary(self) -> list[TopicSpec]:
         return [
@@ -42,8 +44,8 @@ class TopicRegistry:
         ]
 
     def all(self) -> list[TopicSpec]:
-        """Every topic to create, dead-letter topics included."""
-        return self.primary() + [dlq_of(spec) for spec in self.primary()]
+        """Every topic to create, dead-letter topics and the snapshots topic included."""
+        return self.primary() + [dlq_of(spec) for spec in self.primary()] + [self.snapshots]
 
 
 def dlq_name(topic: str) -> str:
@@ -67,4 +69,17 @@ def topic_registry(prefix: str = "waitroom", room_partitions: int = 12) -> Topic
         reaper_delay=TopicSpec(f"{prefix}.reaper.delay-10s", n, {"retention.ms": str(DAY_MS)}, delay_s=10.0),
         room_stats=TopicSpec(f"{prefix}.room-stats", n, {"retention.ms": str(7 * DAY_MS)}),
         alerts=TopicSpec(f"{prefix}.alerts", n, {"retention.ms": str(30 * DAY_MS)}),
+        # Only the newest record of each key matters (a snapshot's manifest and chunks); no dead
+        # letters: its one writer per partition is the sequencer, its readers fall back to the log.
+        snapshots=TopicSpec(
+            f"{prefix}.snapshots",
+            n,
+            {
+                "cleanup.policy": "compact",
+                "segment.ms": str(10 * 60 * 1000),
+                "segment.bytes": str(64 * 1024 * 1024),
+                "min.cleanable.dirty.ratio": "0.5",
+                "delete.retention.ms": str(DAY_MS),
+            },
+        ),
     )

@@ -30,6 +30,9 @@ log = structlog.get_logger()
 
 #: hands over the decoded records of one fetched partition batch
 BatchHandler = Callable[[Sequence[tuple[Record, M]]], Awaitable[None] | None]
+#: given the topic's partitions, the offset each one starts at (missing: its beginning), e.g.
+#: where a snapshot the view loaded leaves off
+StartAt = Callable[[list[int]], Awaitable[dict[int, int]]]
 
 
 class TopicTail(Component, Generic[M]):
@@ -43,6 +46,7 @@ class TopicTail(Component, Generic[M]):
         from_beginning: bool = True,
         since_s: float | None = None,
         max_records: int = 2000,
+        start_at: StartAt | None = None,
     ) -> None:
         self._kafka = kafka
         self.topic = topic
@@ -52,6 +56,7 @@ class TopicTail(Component, Generic[M]):
         self._from_beginning = from_beginning
         self._since_s = since_s
         self._max_records = max_records
+        self._start_at = start_at
         self._consumer: AIOKafkaConsumer | None = None
         self._targets: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
@@ -68,8 +73,13 @@ class TopicTail(Component, Generic[M]):
         if self._since_s is not None:
             await self._seek_back(consumer, tps, self._since_s)
         elif self._from_beginning:
-            await consumer.seek_to_beginning(*tps)
-            self._targets = {tp: off for tp, off in (await consumer.end_offsets(tps)).items() if off > 0}
+            starts = {} if self._start_at is None else await self._start_at(partitions)
+            await consumer.seek_to_beginning(*[tp for tp in tps if starts.get(tp.partition, 0) <= 0])
+            for tp in tps:
+                if starts.get(tp.partition, 0) > 0:
+                    consumer.seek(tp, starts[tp.partition])
+            ends = await consumer.end_offsets(tps)
+            self._targets = {tp: off for tp, off in ends.items() if off > max(0, starts.get(tp.partition, 0))}
         else:
             await consumer.seek_to_end(*tps)
         if not self._targets:

@@ -16,6 +16,7 @@ from waitroom_platform.kafka import ProducerComponent, Publisher, make_consumer,
 from waitroom_platform.metrics import expose_numbers
 from waitroom_platform.runtime import Component
 from waitroom_platform.service import run_service
+from waitroom_platform.snapshots import SnapshotStore
 from waitroom_reaper.feed import HeartbeatFeed
 from waitroom_reaper.looks import FinalApproach, Looks
 from waitroom_reaper.options import Metrics, ReaperOptions
@@ -53,7 +54,19 @@ def build(settings: ReaperSettings) -> list[Component]:
         kafka, group_id=options.heartbeat_group_id, fetch_max_wait_ms=20, max_partition_fetch_bytes=4 * 1024 * 1024
     )
     feed = HeartbeatFeed(feed_consumer, topics, owned, looks, schedule, output, metrics)
-    recovery = Recovery(lambda: kafka_log_reader(kafka), topics, owned, feed, looks, schedule, output, metrics, options)
+    snapshots = SnapshotStore(kafka, topics.snapshots.name) if settings.snapshots else None
+    recovery = Recovery(
+        lambda: kafka_log_reader(kafka),
+        topics,
+        owned,
+        feed,
+        looks,
+        schedule,
+        output,
+        metrics,
+        options,
+        snapshots=snapshots,
+    )
     reaper = Reaper(kafka, options, owned, schedule, recovery, metrics)
     expose_numbers(
         "waitroom_reaper",

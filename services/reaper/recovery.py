@@ -2,7 +2,8 @@
 
 Three reads of partition ``p``, each up to its end now (docs/adr/0003-reaper-precision.md, *Restarts*):
 
-1. room-events from the beginning: which tickets are live, each room's timeout;
+1. room-events from the beginning: which tickets are live, each room's timeout (with snapshots:
+   the rooms of the newest valid sequencer snapshot, then the events after it; docs/adr/0007);
 2. heartbeats from ``now - max(timeout) - margin``: older ones cannot keep anyone alive. Poison is
    dead-lettered only past the feed's bookmark (what an earlier owner did not park yet);
 3. the delay topic from the group's committed offset: each room's latest pending check, so older
@@ -24,14 +25,16 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from waitroom_core.expiry import heartbeat_replay_start
+from waitroom_events.codec import header
 from waitroom_events.events import RoomEvent
 from waitroom_events.heartbeats import HEARTBEAT_TYPES
 from waitroom_events.reaper import ExpiryCheck
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.consume import Poison, Record, decode_as, read_to_end
 from waitroom_platform.delayed import due_at
-from waitroom_platform.kafka import make_consumer
+from waitroom_platform.kafka import HEADER_SOURCE_OFFSET, make_consumer
 from waitroom_platform.settings import KafkaSettings
+from waitroom_platform.snapshots import Found, describe
 from waitroom_reaper.looks import Looks
 from waitroom_reaper.options import Metrics, ReaperOptions
 from waitroom_reaper.output import Output
@@ -47,6 +50,11 @@ class LogReader(Protocol):
 
     async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """The first offset of ``tp`` stamped at or after ``timestamp_ms``; None if there is none."""
+
+
+class SnapshotSource(Protocol):
+    async def load(self, partition: int) -> Found:
+        """The newest valid snapshot of ``partition``, if any (``SnapshotStore`` in production)."""
 
 
 class KafkaLogReader:
@@ -106,8 +114,10 @@ class Recovery:
         metrics: Metrics,
         options: ReaperOptions,
         clock: Callable[[], float] = time.time,
+        snapshots: SnapshotSource | None = None,
     ) -> None:
         self._open_reader = open_reader
+        self._snapshots = snapshots
         self._topics = topics
         self._owned = owned
         self._feed = feed
@@ -151,8 +161,19 @@ class Recovery:
         beats_tp = TopicPartition(self._topics.heartbeats.name, partition)
         checks_tp = TopicPartition(self._topics.reaper_delay.name, partition)
         poison: list[Poison] = []
+        events_from, replay_from = 0, 0
+        if self._snapshots is not None:
+            found = await self._snapshots.load(partition)
+            if found.loaded is not None:
+                state.seed(found.loaded.rooms.values())
+                events_from = found.loaded.manifest.events_offset
+                replay_from = found.loaded.manifest.next_offset
+            log.info("reaper_snapshot", partition=partition, **describe(found))
 
         def fold_event(record: Record) -> None:
+            source = header(record.headers, HEADER_SOURCE_OFFSET)
+            if source is not None and int(source) < replay_from:
+                return  # in the snapshot already
             self._metrics.room_events += 1
             event = decode_as(record, RoomEvent)
             if isinstance(event, BaseException):
@@ -178,7 +199,7 @@ class Recovery:
                 room.scheduled_until = max(room.scheduled_until, due_at(record, self._delay_s))
 
         async with self._open_reader() as reader:
-            events_end = await reader.read_to_end(events_tp, fold_event, 0)
+            events_end = await reader.read_to_end(events_tp, fold_event, events_from)
             state.unscheduled.clear()
 
             since = heartbeat_replay_start(self._clock(), state.max_timeout_s(), self._options.recovery_margin_s)

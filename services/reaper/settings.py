@@ -37,6 +37,8 @@ class ReaperSettings(BaseSettings):
     recovery_margin_s: float = Field(default=30.0, ge=0.0)
     #: Kafka group session timeout: how soon a crashed reaper's partitions move to another
     session_timeout_ms: int = Field(default=6_000, ge=6_000, le=300_000)
+    #: start a partition from the sequencer's newest snapshot (docs/adr/0007) instead of offset 0
+    snapshots: bool = True
 
     @property
     def group(self) -> str:

@@ -7,13 +7,14 @@ heartbeat that names it finds nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from opentelemetry.context import Context
 
 from waitroom_core.expiry import TicketClock
-from waitroom_core.room import DEFAULT_HEARTBEAT_TIMEOUT_S
+from waitroom_core.room import DEFAULT_HEARTBEAT_TIMEOUT_S, RoomState
 from waitroom_events.base import Message
 from waitroom_events.codec import Headers
 from waitroom_events.events import RoomConfigured, TicketExpired, TicketIssued, TicketLeft
@@ -109,6 +110,18 @@ class PartitionState:
         _, entry = self.ticket(room_id, ticket_id)
         if entry is not None and (entry.last_heartbeat_at is None or at > entry.last_heartbeat_at):
             entry.last_heartbeat_at = at
+
+    def seed(self, rooms: Iterable[RoomState]) -> None:
+        """Start from the rooms of a sequencer snapshot: their timeouts and live tickets (the
+        tickets' trace context is not in a snapshot: their expiries start traces of their own)."""
+        for room in rooms:
+            if room.config is None:
+                continue
+            entry = self.rooms.setdefault(room.room_id, RoomEntry())
+            entry.timeout_s = room.config.heartbeat_timeout_s
+            for ticket in room.tickets.values():
+                if ticket.state.live:
+                    entry.tickets[ticket.ticket_id] = TicketEntry(issued_at=ticket.issued_at)
 
     def apply_record(self, message: Message, headers: Headers | None) -> RoomEntry | None:
         """``apply`` a message read from the log; an issued ticket keeps its record's trace context."""

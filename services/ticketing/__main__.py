@@ -22,6 +22,7 @@ from waitroom_platform.kafka import ProducerComponent, Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
 from waitroom_platform.runtime import Component
 from waitroom_platform.service import run_service
+from waitroom_platform.snapshots import SnapshotStore
 from waitroom_platform.telemetry import instrument_fastapi
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
 from waitroom_ticketing.aws_vwr import mount_aws_vwr
@@ -149,18 +150,28 @@ def http_config(app: ASGIApp, host: str, port: int, settings: TicketingSettings)
     )
 
 
+def sequencer_options(settings: TicketingSettings) -> SequencerOptions:
+    return SequencerOptions(
+        group_id=settings.group,
+        transactional=settings.transactions,
+        snapshot_every_events=settings.snapshot_every_events,
+        snapshot_every_s=settings.snapshot_every_s,
+        snapshot_keep_ended_s=settings.snapshot_keep_ended_s,
+        session_timeout_ms=settings.session_timeout_ms,
+    )
+
+
 def build(settings: TicketingSettings) -> list[Component]:
     topics = settings.common.topics()
     components: list[Component] = []
     sequencer: Sequencer | None = None
     if settings.role in ("all", "sequencer"):
-        sequencer = Sequencer(
-            settings.kafka, topics, SequencerOptions(group_id=settings.group, transactional=settings.transactions)
-        )
+        sequencer = Sequencer(settings.kafka, topics, sequencer_options(settings))
         components.append(sequencer)
     if settings.role in ("all", "api"):
         producer = ProducerComponent(make_producer(settings.kafka))
-        read_model = ReadModel(settings.kafka, topics.room_events.name)
+        snapshots = SnapshotStore(settings.kafka, topics.snapshots.name) if settings.snapshot_every_events else None
+        read_model = ReadModel(settings.kafka, topics.room_events.name, snapshots)
         register_room_gauges(room_depths(read_model))
         stats_view = StatsView(settings.kafka, topics.room_stats.name)
         assert settings.admin_token is not None and settings.ticket_secret is not None

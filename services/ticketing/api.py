@@ -32,7 +32,13 @@ from starlette.types import Message as AsgiMessage
 
 from waitroom_core.room import InvalidCommand, RoomConfig, RoomState, Ticket, TicketState, configured
 from waitroom_events.base import Message
-from waitroom_events.commands import AdmitRequested, JoinRequested, LeaveRequested, RoomConfigureRequested
+from waitroom_events.commands import (
+    AdmitRequested,
+    JoinRequested,
+    LeaveRequested,
+    RoomArchiveRequested,
+    RoomConfigureRequested,
+)
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import Publisher
 from waitroom_ticketing.docs import mount_docs
@@ -187,6 +193,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "the admin token is not valid",
         404: "no such room, ticket or path",
         405: "the method is not allowed on this path",
+        409: "the room still has live tickets",
         410: "the ticket has ended (expired or left): join again",
         413: "the body is too large",
         422: "the request is not valid (fields name what)",
@@ -615,6 +622,33 @@ async def admit(room_id: RoomId, svc: Svc, body: Annotated[AdmitBody, Body()] = 
         AdmitRequested(room_id=room_id, requested_at=svc.clock(), count=body.count, above_capacity=body.above_capacity),
     )
     return {"room_id": room_id, "count": body.count, "above_capacity": body.above_capacity, "state": "accepted"}
+
+
+@admin.post(
+    "/rooms/{room_id}/archive",
+    response_model=RoomPending,
+    responses=_responses(
+        401,
+        403,
+        409,
+        s202={"model": RoomPending, "description": "accepted, not applied yet"},
+    ),
+)
+async def archive_room(room_id: RoomId, svc: Svc) -> Response:
+    """Retire a room with no live ticket: it leaves the read model and every snapshot; its
+    history stays in room-events (docs/adr/0007-snapshots-compaction-retention.md)."""
+    svc.require_ready()
+    room = svc.read_model.room(room_id)
+    if room is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    if room.active or room.waiting:
+        raise ApiError(
+            409, "room_not_empty", f"{room.active} admitted and {room.waiting} waiting: pause it and let them end"
+        )
+    await svc.publish(svc.topics.commands.name, RoomArchiveRequested(room_id=room_id, requested_at=svc.clock()))
+    if not await svc.read_model.wait_until(lambda: svc.read_model.room(room_id) is None, svc.join_wait_s):
+        return JSONResponse({"room_id": room_id, "state": "pending"}, status_code=202)
+    return JSONResponse({"room_id": room_id, "state": "archived"}, status_code=200)
 
 
 def create_public_app(services: Services, *, max_body_bytes: int = 64 * 1024) -> FastAPI:

@@ -2,6 +2,8 @@
 
 Every API replica tails every partition, so any replica answers for any room. Join calls wait here
 for their ticket to be issued (read-your-writes), and admin calls for their configuration to land.
+With snapshots on, it starts from each partition's newest valid sequencer snapshot and tails the
+events after it, instead of replaying from offset 0 (see ``_start_from_snapshots``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Any
 import structlog
 
 from waitroom_core.room import RoomState, Ticket, evolve
+from waitroom_events.codec import header
 from waitroom_events.events import JoinRejected, RoomEvent, TicketIssued
 from waitroom_platform.consume import Record
+from waitroom_platform.kafka import HEADER_SOURCE_OFFSET
 from waitroom_platform.settings import KafkaSettings
+from waitroom_platform.snapshots import SnapshotStore, describe
 from waitroom_platform.tail import TailedView, TopicTail
 
 log = structlog.get_logger()
@@ -30,16 +35,47 @@ class JoinRefused(Exception):
 class ReadModel(TailedView):
     name = "read-model"
 
-    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, snapshots: SnapshotStore | None = None) -> None:
         self.rooms: dict[str, RoomState] = {}
-        self._tail = TopicTail(kafka, topic, RoomEvent, self._apply_decoded)
+        self._snapshots = snapshots
+        #: per partition: events of commands before this offset are in the snapshot loaded
+        self._replay_from: dict[int, int] = {}
+        start_at = None if snapshots is None else self._start_from_snapshots
+        self._tail = TopicTail(kafka, topic, RoomEvent, self._apply_decoded, start_at=start_at)
         self._ticket_waiters: dict[str, list[asyncio.Future[Ticket]]] = {}
         self._changed = asyncio.Condition()
         self.events_applied = 0
         self._listeners: list[Callable[[Sequence[RoomEvent]], None]] = []
 
     def _apply_decoded(self, records: Sequence[tuple[Record, RoomEvent]]) -> None:
+        if self._replay_from:
+            records = [(record, event) for record, event in records if not self._in_snapshot(record)]
         self.apply([event for _, event in records])
+
+    # ---------------------------------------------------------------- start from snapshots
+
+    async def _start_from_snapshots(self, partitions: list[int]) -> dict[int, int]:
+        """The rooms of each partition's newest valid snapshot; the tail starts where it leaves off."""
+        assert self._snapshots is not None
+        found = await asyncio.gather(*(self._snapshots.load(p) for p in partitions))
+        starts: dict[int, int] = {}
+        for partition, result in zip(partitions, found, strict=True):
+            if result.loaded is not None:
+                self.rooms.update(result.loaded.rooms)
+                starts[partition] = result.loaded.manifest.events_offset
+                self._replay_from[partition] = result.loaded.manifest.next_offset
+            log.info("read_model_snapshot", partition=partition, **describe(result))
+        return starts
+
+    def _in_snapshot(self, record: Record) -> bool:
+        replay_from = self._replay_from.get(record.partition)
+        source = header(record.headers, HEADER_SOURCE_OFFSET)
+        if replay_from is None or source is None:
+            return False
+        if int(source) < replay_from:
+            return True
+        del self._replay_from[record.partition]  # source offsets only grow: the rest is new
+        return False
 
     def apply(self, events: Sequence[RoomEvent]) -> None:
         """Fold events read from the log, in log order; wakes the calls waiting on them."""
@@ -52,6 +88,8 @@ class ReadModel(TailedView):
                 room = self.rooms[event.room_id] = RoomState(event.room_id)
             evolve(room, event)
             self.events_applied += 1
+            if not room.exists:
+                del self.rooms[event.room_id]  # archived
             if isinstance(event, TicketIssued):
                 self._resolve(event.ticket_id, ticket=room.tickets.get(event.ticket_id))
         if events:

@@ -7,6 +7,13 @@ the last one applied. Each event it appends carries the offset of the command th
 ``waitroom-source-offset`` header), so recovery needs nothing but the log: a crash at any moment
 applies no command twice and loses none that was acknowledged.
 
+Snapshots (docs/adr/0007) shorten the replay: every ``snapshot_every_events`` events or
+``snapshot_every_s`` seconds, right after a transaction committed (so the rooms hold committed
+events only), the rooms are encoded in the event loop and then compressed and written to the
+compacted snapshots topic in the background, never inside a transaction of commands. A new owner
+loads the newest valid snapshot and replays only the events after it; with none, or none that
+checks out, it replays the whole partition as before.
+
 Events go to the same partition number of ``room-events`` as their command: the topics are
 co-partitioned, and so partition ``p`` of the log has exactly one writer.
 """
@@ -24,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from waitroom_core.room import InvalidCommand, RoomState, decide, evolve
+from waitroom_core.snapshot import encode_rooms, frame
 from waitroom_events.codec import DecodeError, EncodedRecord, decode, encode, header
 from waitroom_events.commands import Command
 from waitroom_events.events import RoomEvent, StateEvent
@@ -43,11 +51,16 @@ from waitroom_platform.kafka import (
 from waitroom_platform.metrics import track_consumer_lag
 from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
+from waitroom_platform.snapshots import SnapshotStore, describe
 
 log = structlog.get_logger()
 
 #: record batches of the events appended at once (well under the broker's 1 MB message limit)
 BATCH_BYTES = 512 * 1024
+
+
+class LogTruncated(RuntimeError):
+    """The log no longer holds the events recovery needs (a retention time without a snapshot)."""
 
 
 @dataclass
@@ -59,6 +72,13 @@ class OwnedPartition:
     events_replayed: int = 0
     #: events queued in the open transaction, not yet acknowledged
     deliveries: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: a room-events offset at or before the first event not yet folded into ``rooms``
+    events_floor: int = 0
+    #: replay folds only events of commands from here on (the snapshot holds the earlier ones)
+    replay_from: int = 0
+    events_since_snapshot: int = 0
+    snapshot_at: float = field(default_factory=time.monotonic)
+    snapshot_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,14 @@ class SequencerOptions:
     transactional: bool = True
     #: commands decided and committed per transaction at most (a fetch's worth under load)
     max_batch: int = 5000
+    #: a snapshot after this many events (0: no snapshots, neither written nor read)
+    snapshot_every_events: int = 0
+    #: ... or after this many seconds with at least one event
+    snapshot_every_s: float = 60.0
+    #: ended tickets older than this (before their room's newest event) are left out of snapshots
+    snapshot_keep_ended_s: float | None = 600.0
+    #: the group's session timeout: how long a dead sequencer holds its partitions
+    session_timeout_ms: int = 10_000
 
 
 class Sequencer(Component):
@@ -88,6 +116,12 @@ class Sequencer(Component):
         self._consumer: AIOKafkaConsumer | None = None
         self._plain_producer: AIOKafkaProducer | None = None
         self._untrack_lag: Callable[[], None] | None = None
+        self._snapshots = SnapshotStore(kafka, topics.snapshots.name) if options.snapshot_every_events > 0 else None
+        self._snapshot_timer: asyncio.Task[None] | None = None
+        #: the snapshot being written per partition, kept across a release and a new assignment
+        self._writing: dict[int, asyncio.Task[None]] = {}
+        self._failure: LogTruncated | None = None
+        self._failed = asyncio.Event()
         #: set once the group gave this member its partitions (possibly none)
         self.joined = asyncio.Event()
 
@@ -103,7 +137,7 @@ class Sequencer(Component):
             fetch_max_wait_ms=5,
             max_poll_records=self._options.max_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
-            session_timeout_ms=10_000,
+            session_timeout_ms=self._options.session_timeout_ms,
             heartbeat_interval_ms=1_000,
             rebalance_timeout_ms=30_000,
         )
@@ -111,6 +145,9 @@ class Sequencer(Component):
         if not self._options.transactional:
             self._plain_producer = make_producer(self._kafka)
             await self._plain_producer.start()
+        if self._snapshots is not None:
+            await self._snapshots.start()
+            self._snapshot_timer = asyncio.get_running_loop().create_task(self._snapshot_on_time())
         await consumer.start()
         consumer.subscribe([self._topics.commands.name], listener=_Rebalance(self))
         self._untrack_lag = track_consumer_lag(consumer, self._options.group_id)
@@ -118,12 +155,28 @@ class Sequencer(Component):
 
     async def run(self) -> None:
         assert self._consumer is not None
-        await _CommandLoop(self, self._consumer).run()
+        commands = asyncio.get_running_loop().create_task(_CommandLoop(self, self._consumer).run())
+        failed = asyncio.get_running_loop().create_task(self._failed.wait())
+        try:
+            await asyncio.wait({commands, failed}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            commands.cancel()
+            raise
+        finally:
+            failed.cancel()
+        if self._failure is not None:
+            commands.cancel()
+            raise self._failure  # from the rebalance listener, which aiokafka would only log
+        await commands
 
     async def stop(self) -> None:
         if self._untrack_lag is not None:
             self._untrack_lag()
+        if self._snapshot_timer is not None:
+            self._snapshot_timer.cancel()
         async with self._lock:
+            for writing in self._writing.values():
+                writing.cancel()  # half a snapshot is never read (docs/adr/0007)
             for owned in self._owned.values():
                 if owned.producer is not self._plain_producer:
                     await owned.producer.stop()
@@ -132,6 +185,8 @@ class Sequencer(Component):
             await self._consumer.stop()
         if self._plain_producer is not None:
             await self._plain_producer.stop()
+        if self._snapshots is not None:
+            await self._snapshots.stop()
 
     # ---------------------------------------------------------------- ownership
 
@@ -139,7 +194,13 @@ class Sequencer(Component):
         async with self._lock:
             for tp in sorted(partitions, key=lambda t: t.partition):
                 if tp.partition not in self._owned:
-                    await self._take_ownership(tp)
+                    try:
+                        await self._take_ownership(tp)
+                    except LogTruncated as exc:
+                        log.error("room_events_truncated", partition=tp.partition, error=str(exc))
+                        self._failure = exc
+                        self._failed.set()
+                        return
         self.joined.set()  # joined the group (possibly with no partition: more members than partitions)
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
@@ -180,6 +241,8 @@ class Sequencer(Component):
             resume_offset=owned.next_offset,
             recovery_s=round(time.monotonic() - started, 3),
         )
+        owned.events_since_snapshot = owned.events_replayed
+        self.maybe_snapshot(owned)
 
     async def _committed(self, tp: TopicPartition) -> int:
         assert self._consumer is not None
@@ -190,16 +253,45 @@ class Sequencer(Component):
         return offset or 0
 
     async def _rebuild(self, owned: OwnedPartition) -> None:
-        """Replay the partition's room-events: the rooms' state and the next command to apply."""
+        """The newest valid snapshot, then the partition's room-events after it (all of them
+        without one): the rooms' state and the next command to apply."""
+        start = 0
+        if self._snapshots is not None:
+            writing = self._writing.get(owned.partition)
+            if writing is not None:
+                # Ours, from before a rebalance took the partition away and gave it back: without
+                # waiting, the load would miss it and replay everything it covers.
+                await asyncio.wait({writing}, timeout=30)
+            found = await self._snapshots.load(owned.partition)
+            owned.snapshot_id = found.next_id
+            if found.loaded is not None:
+                manifest = found.loaded.manifest
+                owned.rooms = found.loaded.rooms
+                owned.next_offset = owned.replay_from = manifest.next_offset
+                start = manifest.events_offset
+            log.info("snapshot_found", partition=owned.partition, events_offset=start, **describe(found))
         events_tp = TopicPartition(self._topics.room_events.name, owned.partition)
         reader = make_consumer(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
         await reader.start()
         try:
-            await read_to_end(reader, events_tp, lambda record: self._replay(owned, record), max_records=5000)
+            first = (await reader.beginning_offsets([events_tp]))[events_tp]
+            if first > start:
+                # room-events has a retention time and lost what the snapshot (or its absence) needs:
+                # replaying what is left would build wrong rooms. Refuse to own the partition.
+                raise LogTruncated(
+                    f"room-events partition {owned.partition} starts at offset {first}, recovery needs {start}: "
+                    "no valid snapshot covers the retained log (docs/adr/0007-snapshots-compaction-retention.md)"
+                )
+            owned.events_floor = await read_to_end(
+                reader, events_tp, lambda record: self._replay(owned, record), start, max_records=5000
+            )
         finally:
             await reader.stop()
 
     def _replay(self, owned: OwnedPartition, record: ConsumerRecord[Any, Any]) -> None:
+        source = header(record.headers, HEADER_SOURCE_OFFSET)
+        if source is not None and int(source) < owned.replay_from:
+            return  # folded into the snapshot already
         try:
             event = decode(record.value, record.headers)
         except DecodeError as exc:
@@ -211,6 +303,8 @@ class Sequencer(Component):
                 room = owned.rooms[event.room_id] = RoomState(event.room_id)
             evolve(room, event)
             owned.events_replayed += 1
+            if not room.exists:
+                del owned.rooms[event.room_id]  # archived
         source = header(record.headers, HEADER_SOURCE_OFFSET)
         if source is not None:
             owned.next_offset = max(owned.next_offset, int(source) + 1)
@@ -249,12 +343,13 @@ class Sequencer(Component):
             for event in events:
                 encoded.append(encode(event, extra))
         if encoded:
+            owned.events_since_snapshot += len(encoded)
             deliveries = await queue_records(owned.producer, self._topics.room_events.name, owned.partition, encoded)
             if self._options.transactional:
                 # awaited together with the offsets' request (see _CommandLoop.commit): one round trip less
                 owned.deliveries.extend(deliveries)
             else:
-                await asyncio.gather(*deliveries)
+                _note_delivered(owned, await asyncio.gather(*deliveries))
         return refused
 
     def _decide_one(
@@ -278,8 +373,83 @@ class Sequencer(Component):
             evolve(room, event)
         if room.exists:
             owned.rooms.setdefault(command.room_id, room)
+        else:
+            owned.rooms.pop(command.room_id, None)  # archived (or never created)
         owned.next_offset = record.offset + 1
         return events
+
+    # ---------------------------------------------------------------- snapshots
+
+    def maybe_snapshot(self, owned: OwnedPartition) -> None:
+        """Start a snapshot of ``owned`` if one is due and none is being written.
+
+        Called between transactions, where the rooms hold exactly the committed events: encoding
+        the rooms here is the only part that holds up the partition (measured in
+        docs/benchmarks.md); compressing (zlib releases the GIL) and sending run in the background.
+        """
+        options = self._options
+        if self._snapshots is None or owned.events_since_snapshot == 0:
+            return
+        writing = self._writing.get(owned.partition)
+        if writing is not None and not writing.done():
+            return
+        if (
+            owned.events_since_snapshot < options.snapshot_every_events
+            and time.monotonic() - owned.snapshot_at < options.snapshot_every_s
+        ):
+            return
+        started = time.perf_counter()
+        body, rooms = encode_rooms(owned.rooms.values(), options.snapshot_keep_ended_s)
+        encode_s = time.perf_counter() - started
+        taken_at = max((room.last_event_at or 0.0 for room in owned.rooms.values()), default=0.0)
+        snapshot = dict(
+            rooms=rooms,
+            partition=owned.partition,
+            snapshot_id=owned.snapshot_id,
+            next_offset=owned.next_offset,
+            events_offset=owned.events_floor,
+            taken_at=taken_at,
+        )
+        owned.snapshot_id += 1
+        owned.events_since_snapshot = 0
+        owned.snapshot_at = time.monotonic()
+        self._writing[owned.partition] = asyncio.get_running_loop().create_task(
+            self._write_snapshot(body, snapshot, encode_s)
+        )
+
+    async def _write_snapshot(self, body: bytes, snapshot: dict[str, Any], encode_s: float) -> None:
+        assert self._snapshots is not None
+        started = time.perf_counter()
+        try:
+            framed = await asyncio.to_thread(lambda: frame(body, **snapshot))
+            framed_s = time.perf_counter() - started
+            await self._snapshots.write(framed)
+        except Exception:  # noqa: BLE001 - a snapshot is an optimisation: the log still holds everything
+            log.warning("snapshot_failed", partition=snapshot["partition"], exc_info=True)
+            return
+        log.info(
+            "snapshot_written",
+            partition=snapshot["partition"],
+            snapshot=snapshot["snapshot_id"],
+            rooms=snapshot["rooms"],
+            next_offset=snapshot["next_offset"],
+            events_offset=snapshot["events_offset"],
+            body_bytes=len(body),
+            bytes=framed.manifest.compressed_bytes,
+            chunks=framed.manifest.chunks,
+            encode_ms=round(encode_s * 1000, 1),
+            compress_ms=round(framed_s * 1000, 1),
+            write_ms=round((time.perf_counter() - started - framed_s) * 1000, 1),
+        )
+
+    async def _snapshot_on_time(self) -> None:
+        """Snapshots of quiet partitions too: a partition that stopped getting commands is
+        snapshotted ``snapshot_every_s`` after its last one."""
+        while True:
+            await asyncio.sleep(min(5.0, self._options.snapshot_every_s))
+            async with self._lock:
+                for owned in list(self._owned.values()):
+                    self.maybe_snapshot(owned)
 
     async def _recover_after_failure(self, owned: OwnedPartition, tp: TopicPartition) -> None:
         """The in-memory rooms may be ahead of what the log kept: rebuild them from the log."""
@@ -325,13 +495,15 @@ class _CommandLoop(ConsumerLoop[Command]):
                             await self._delivered(owned)  # before the commit (aiokafka does not flush)
                         finally:
                             owned.deliveries.clear()
-                        return handled
-                return await super().process(tp, records)
+                else:
+                    handled = await super().process(tp, records)
             except Exception:  # noqa: BLE001 - any failure: the log decides what happened
                 await sequencer._recover_after_failure(owned, tp)
                 return True
             finally:
                 self._owned = None
+            sequencer.maybe_snapshot(owned)  # committed: the rooms hold nothing the log may lose
+            return handled
 
     async def _hand_over(self, tp: TopicPartition, commands: Sequence[tuple[Record, Command]]) -> list[Poison]:
         assert self._owned is not None
@@ -363,7 +535,15 @@ class _CommandLoop(ConsumerLoop[Command]):
 async def _delivered_all(owned: OwnedPartition) -> None:
     deliveries, owned.deliveries = owned.deliveries, []
     if deliveries:
-        await asyncio.gather(*deliveries)
+        _note_delivered(owned, await asyncio.gather(*deliveries))
+
+
+def _note_delivered(owned: OwnedPartition, delivered: Sequence[Any]) -> None:
+    """Raise the events floor to the base offset of the last batch appended (its events are
+    folded; replay after a snapshot skips them by their source offset)."""
+    offsets = [metadata.offset for metadata in delivered if metadata is not None and metadata.offset >= 0]
+    if offsets:
+        owned.events_floor = max(owned.events_floor, *offsets)
 
 
 class _Rebalance(ConsumerRebalanceListener):

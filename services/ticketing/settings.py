@@ -69,6 +69,16 @@ class TicketingSettings(AwsVwrSettings, BaseSettings):
     #: consumer group of the sequencers; defaults to ``<prefix>.sequencer``
     group_id: str | None = None
     transactions: bool = True
+    #: sequencer snapshots (docs/adr/0007): after this many events (0: none written or read) ...
+    snapshot_every_events: int = Field(default=100_000, ge=0)
+    #: ... or this many seconds after the last one, if anything happened since
+    snapshot_every_s: float = Field(default=60.0, gt=0.0)
+    #: ended tickets are left out of snapshots this long after they ended (their room's clock);
+    #: decoding them is most of a takeover (docs/benchmarks.md, "Failover with snapshots")
+    snapshot_keep_ended_s: float = Field(default=600.0, ge=0.0)
+    #: how long the group waits for a silent sequencer before moving its partitions (the
+    #: broker's group.min.session.timeout.ms, 6 s by default, is the floor)
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -40,7 +40,7 @@ async def test_the_broker_answers_and_every_registry_topic_exists_with_its_parti
     counts = await partition_counts(kafka_bootstrap, [spec.name for spec in topics.all()])
 
     assert counts == {spec.name: 3 for spec in topics.all()}
-    assert len(counts) == 12  # six topics and their dead-letter topics
+    assert len(counts) == 13  # six topics, their dead-letter topics and the snapshots topic
 
 
 async def test_a_record_produced_in_a_transaction_is_consumed_back_by_a_read_committed_group_member(

@@ -36,10 +36,12 @@ from waitroom_events.commands import (
     ExpireRequested,
     JoinRequested,
     LeaveRequested,
+    RoomArchiveRequested,
     RoomConfigureRequested,
 )
 from waitroom_events.events import (
     JoinRejected,
+    RoomArchived,
     RoomConfigured,
     TicketAdmitted,
     TicketExpired,
@@ -95,6 +97,8 @@ EXAMPLES: dict[str, Message] = {
             room_id=ROOM, ticket_id="tk-7f3a", queue_no=1042, at=AT, was_admitted=False, last_heartbeat_at=AT - 21.5
         ),
         JoinRejected(room_id=ROOM, ticket_id="tk-7f3a", at=AT, reason="unknown_room"),
+        RoomArchiveRequested(room_id=ROOM, requested_at=AT),
+        RoomArchived(room_id=ROOM, at=AT, last_queue_no=1042),
         Heartbeat(room_id=ROOM, ticket_id="tk-7f3a", at=AT),
         HeartbeatBatch(room_id=ROOM, ticket_ids=["tk-7f3a", "tk-9b21"], at=AT),
         RoomStats(

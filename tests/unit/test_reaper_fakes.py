@@ -33,7 +33,7 @@ from waitroom_reaper.feed import HeartbeatFeed
 from waitroom_reaper.looks import FinalApproach, Looks
 from waitroom_reaper.options import Metrics, ReaperOptions
 from waitroom_reaper.output import Output
-from waitroom_reaper.recovery import LogReader, Recovery
+from waitroom_reaper.recovery import LogReader, Recovery, SnapshotSource
 from waitroom_reaper.schedule import Schedule
 from waitroom_reaper.state import Owned, PartitionState
 
@@ -238,6 +238,7 @@ class ReaperRig:
         options: ReaperOptions | None = None,
         topics: TopicRegistry = TOPICS,
         bookmark_every_s: float = 1.0,
+        snapshots: SnapshotSource | None = None,
     ) -> None:
         self.clock = log.clock if log is not None else FakeClock()
         self.log = log if log is not None else InMemoryLog(self.clock)
@@ -276,6 +277,7 @@ class ReaperRig:
             self.metrics,
             self.options,
             self.clock,
+            snapshots=snapshots,
         )
         #: the delay topic's consumer, played by hand: the next check record to hand over
         self.checks_position = checks_committed

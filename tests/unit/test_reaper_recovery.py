@@ -12,9 +12,13 @@ import pytest
 from aiokafka import TopicPartition
 from test_reaper_fakes import GRACE, FakeClock, InMemoryLog, P, ReaperRig, check_dues, expiry_times
 
+from waitroom_core.room import RoomState, evolve
+from waitroom_core.snapshot import Manifest
 from waitroom_events.codec import encode
+from waitroom_events.events import RoomEvent
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.reaper import ExpiryCheck
+from waitroom_platform.snapshots import Found, Loaded
 from waitroom_reaper.state import FETCH_SLACK_S
 
 
@@ -171,3 +175,60 @@ async def test_the_feed_goes_on_where_recovery_stopped_and_a_released_partition_
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(rig.feed.before_fetch(), 0.05)  # nothing left to read: it waits for ownership
     assert rig.consumer.assignment() == set()
+
+
+class FakeSnapshots:
+    """The sequencer's snapshots as the reaper's recovery sees them: one partition's newest."""
+
+    def __init__(self, found: Found) -> None:
+        self.found = found
+        self.loads: list[int] = []
+
+    async def load(self, partition: int) -> Found:
+        self.loads.append(partition)
+        return self.found
+
+
+def snapshot_of(rig: ReaperRig) -> Found:
+    """The rooms folded from the log so far, covering it up to its end (as a sequencer's snapshot)."""
+    rooms: dict[str, RoomState] = {}
+    for message in rig.log.messages(rig.topics.room_events.name):
+        assert isinstance(message, RoomEvent)
+        evolve(rooms.setdefault(message.room_id, RoomState(message.room_id)), message)
+    end = rig.log.end(TopicPartition(rig.topics.room_events.name, P))
+    manifest = Manifest(P, 0, 0, end, 0.0, 0, 0, 0, 0, len(rooms))
+    return Found(Loaded(manifest, rooms, 0, 0.0), 1, [])
+
+
+async def test_a_new_owner_starting_from_a_snapshot_knows_what_one_replaying_the_whole_log_knows() -> None:
+    old = ReaperRig()
+    await old.take_over()
+    old.configure("gig", timeout_s=20.0)
+    for n, ticket in enumerate(("a", "b", "c"), start=1):
+        old.issue("gig", ticket, n)
+    old.leave("gig", "b")
+    snapshot = snapshot_of(old)
+    await old.run_for(3.0)
+    old.issue("gig", "d", 4)
+    old.leave("gig", "a")
+    old.configure("gig", timeout_s=30.0)
+
+    from_snapshot = ReaperRig(old.log, snapshots=FakeSnapshots(snapshot))
+    from_log = ReaperRig(old.log)
+    await from_snapshot.take_over()
+    await from_log.take_over()
+
+    assert from_snapshot.metrics.room_events == 3, "only the events after the snapshot are read"
+    assert clocks(from_snapshot, "gig") == clocks(from_log, "gig") == {"c": (1000.0, None), "d": (1003.0, None)}
+    assert from_snapshot.state.rooms["gig"].timeout_s == from_log.state.rooms["gig"].timeout_s == 30.0
+
+
+async def test_without_a_valid_snapshot_the_reaper_replays_the_whole_log() -> None:
+    old = ReaperRig()
+    old.configure("gig", timeout_s=20.0)
+    old.issue("gig", "a", 1)
+    successor_ = ReaperRig(old.log, snapshots=FakeSnapshots(Found(None, 0, ["slot 0: fails its checksum"])))
+    await successor_.take_over()
+
+    assert successor_.metrics.room_events == 2
+    assert list(successor_.state.rooms["gig"].tickets) == ["a"]

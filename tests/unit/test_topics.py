@@ -31,6 +31,7 @@ def test_co_partitioned_room_topics_share_the_partition_count(partitions: int) -
     registry = topic_registry(room_partitions=partitions)
 
     assert {spec.partitions for spec in registry.primary()} == {partitions}
+    assert registry.snapshots.partitions == partitions
 
 
 def test_every_primary_topic_has_a_dlq_twin_with_the_same_partitions() -> None:
@@ -42,7 +43,7 @@ def test_every_primary_topic_has_a_dlq_twin_with_the_same_partitions() -> None:
         assert twin.name == dlq_name(spec.name)
         assert twin.partitions == spec.partitions
         assert twin.delay_s is None  # a dead letter waits for a human, not for a timer
-    assert len(registry.all()) == 2 * len(registry.primary())
+    assert len(registry.all()) == 2 * len(registry.primary()) + 1  # the snapshots topic has no dead letters
 
 
 def test_topic_names_are_unique() -> None:
@@ -67,8 +68,16 @@ def test_every_other_topic_has_a_finite_positive_retention() -> None:
     registry = topic_registry()
 
     for spec in registry.all():
-        if spec is not registry.room_events:
+        if spec not in (registry.room_events, registry.snapshots):
             assert int(spec.config["retention.ms"]) > 0, spec.name
+
+
+def test_the_snapshots_topic_is_compacted_and_never_deletes_by_age() -> None:
+    snapshots = topic_registry().snapshots
+
+    assert snapshots.name == "waitroom.snapshots"
+    assert snapshots.config["cleanup.policy"] == "compact"
+    assert "retention.ms" not in snapshots.config
 
 
 def test_the_delay_topic_declares_its_10_second_delay() -> None:
