@@ -47,7 +47,10 @@ def _table(report: str, first_header: str) -> list[dict[str, str]]:
     return rows
 
 
-def test_the_http_bench_measures_joins_and_heartbeats_of_waitroom_and_the_baseline_without_errors(
+SHAPES = ("join", "heartbeat waiting", "heartbeat admitted", "status")
+
+
+def test_the_http_bench_measures_every_shape_of_waitroom_and_the_baseline_without_errors(
     kafka_bootstrap: str,
 ) -> None:
     report = _run_bench(
@@ -55,17 +58,26 @@ def test_the_http_bench_measures_joins_and_heartbeats_of_waitroom_and_the_baseli
         "bench.http_joins",
         *("--duration", "1", "--warmup", "0", "--connections", "4", "--tickets", "30", "--capacity", "10"),
         *("--partitions", "1"),
+        timeout=180,
     )
 
     rows = _table(report, "shape")
     assert {(r["shape"], r["server"]) for r in rows} == {
-        (shape, server) for shape in ("join", "heartbeat") for server in ("baseline", "waitroom")
+        (shape, server) for shape in SHAPES for server in ("baseline", "waitroom")
     }
     for row in rows:
         assert float(row["req/s"]) > 0, row
         assert row["errors"] == "0", row
     ratios = _table(report.split("Ratios", 1)[1], "shape")
-    assert {r["shape"] for r in ratios} == {"join", "heartbeat"}
+    assert {r["shape"] for r in ratios} == set(SHAPES)
+
+
+def test_the_sequencer_bench_applies_every_command_and_reports_a_rate(kafka_bootstrap: str) -> None:
+    report = _run_bench(kafka_bootstrap, "bench.sequencer_throughput", "--commands", "2000", timeout=120)
+
+    (row,) = _table(report, "commands")
+    assert row["commands"] == "2,000"
+    assert float(row["commands applied /s"].replace(",", "")) > 0
 
 
 def test_the_recovery_bench_replays_every_event_it_wrote_and_reports_a_rate(kafka_bootstrap: str) -> None:
