@@ -71,6 +71,13 @@ def create_app() -> FastAPI:
     return app
 
 
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline_app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -78,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     args = parser.parse_args(argv)
     children = [
-        subprocess.Popen([sys.executable, "-m", "bench.baseline_app", "--host", args.host, "--port", str(args.port)])  # noqa: S603
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "bench.baseline_app", "--host", args.host, "--port", str(args.port)],
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a SIGKILLed parent leaves no worker behind
+        )
         for _ in range(args.workers - 1)
     ]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
