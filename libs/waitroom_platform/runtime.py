@@ -36,6 +36,8 @@ DEFAULT_GRACE_S = 10.0
 READY_POLL_S = 0.05
 #: how long ``stop()`` of one component may take before the next one is stopped anyway
 STOP_TIMEOUT_S = 10.0
+#: a component taking longer than this to stop is named in the log
+SLOW_STOP_S = 2.0
 
 
 class Component:
@@ -185,6 +187,7 @@ class Supervisor:
         self._stop.set()
         for component in reversed(self._started):
             task = self._tasks.get(component.name)
+            began = asyncio.get_running_loop().time()
             try:
                 if task is not None and not task.done():
                     if _drains(component):
@@ -197,6 +200,11 @@ class Supervisor:
                 await asyncio.wait_for(component.stop(), STOP_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - stopping: the others must still be stopped
                 log.warning("component_stop_failed", service=self.service, component=component.name, error=repr(exc))
+            took = asyncio.get_running_loop().time() - began
+            if took > SLOW_STOP_S:  # a drain that does not end its run shows here, by name
+                log.warning(
+                    "component_stop_slow", service=self.service, component=component.name, seconds=round(took, 1)
+                )
 
 
 def _drains(component: Component) -> bool:

@@ -82,6 +82,7 @@ class HeartbeatCoalescer(Component):
         self.records_written = 0
         self.heartbeats_written = 0
         self._last_sweep = clock()
+        self._drained = asyncio.Event()
 
     # ---------------------------------------------------------------- the rule
 
@@ -168,12 +169,16 @@ class HeartbeatCoalescer(Component):
 
     # ---------------------------------------------------------------- lifecycle
 
+    async def run(self) -> None:
+        await self._drained.wait()  # nothing to do between requests; ends once drained
+
     async def drain(self) -> None:
         """Write what is collected now (a stopping API loses no heartbeat it has answered)."""
         for room_id in list(self._pending):
             self._flush(room_id)
         if self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
+        self._drained.set()
 
     async def stop(self) -> None:
         await self.drain()

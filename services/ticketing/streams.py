@@ -184,7 +184,7 @@ class StreamHub(Component):
     async def run(self) -> None:
         """Every room's open streams heartbeat together, once per room interval: one pass over
         the room's watched tickets into the coalescer (no stream task wakes up for it)."""
-        while True:
+        while not self.closing:  # drain() ends it (the supervisor waits for that, then stops the hub)
             self.beat_due(self._clock())
             await asyncio.sleep(BEAT_TICK_S)
 
