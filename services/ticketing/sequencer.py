@@ -21,6 +21,7 @@ co-partitioned, and so partition ``p`` of the log has exactly one writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ from waitroom_platform.snapshots import SnapshotStore, describe
 
 log = structlog.get_logger()
 
+#: how long a partition's recovery after a failed batch is retried (the broker restarting) before giving up
+RECOVERY_RETRY_FOR_S = 120.0
 #: record batches of the events appended at once (well under the broker's 1 MB message limit)
 BATCH_BYTES = 512 * 1024
 
@@ -227,7 +230,12 @@ class Sequencer(Component):
             assert self._plain_producer is not None
             producer = self._plain_producer
         owned = OwnedPartition(partition=tp.partition, producer=producer)
-        await self._rebuild(owned)
+        try:
+            await self._rebuild(owned)
+        except BaseException:
+            if producer is not self._plain_producer:
+                await producer.stop()  # a failed takeover leaves no transactional producer behind
+            raise
         committed = await self._committed(tp)
         owned.next_offset = max(owned.next_offset, committed)
         assert self._consumer is not None
@@ -456,8 +464,23 @@ class Sequencer(Component):
         log.exception("sequencer_batch_failed", partition=owned.partition)
         self._owned.pop(owned.partition, None)
         if owned.producer is not self._plain_producer:
-            await owned.producer.stop()
-        await self._take_ownership(tp)
+            with contextlib.suppress(Exception):
+                await owned.producer.stop()
+        # The broker may be down for a while (a restart): retry the takeover until it is back, so a
+        # Kafka restart costs a pause, not the process. Past the bound the component fails and
+        # the process exits for its supervisor to restart.
+        deadline = time.monotonic() + RECOVERY_RETRY_FOR_S
+        delay = 0.5
+        while True:
+            try:
+                await self._take_ownership(tp)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("partition_recovery_retry", partition=tp.partition, error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 class _CommandLoop(ConsumerLoop[Command]):

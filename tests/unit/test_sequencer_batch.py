@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
@@ -300,3 +301,29 @@ async def test_a_failing_send_rebuilds_the_partition_from_the_log_and_resumes_af
         (2, TicketAdmitted),
     ]
     assert loop.consumer.commits == [{COMMANDS: 3}]
+
+
+async def test_a_takeover_that_fails_while_the_broker_is_down_is_retried_until_it_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sequencer, loop = rig(transactional=False, fail_on_send=2)
+    real = sequencer._take_ownership
+    attempts: list[int] = []
+
+    async def broker_down_twice(tp: TopicPartition) -> None:
+        attempts.append(tp.partition)
+        if len(attempts) <= 2:
+            raise ConnectionError("Unable to bootstrap")
+        await real(tp)
+
+    monkeypatch.setattr(sequencer, "_take_ownership", broker_down_twice)
+    monkeypatch.setattr("waitroom_ticketing.sequencer.asyncio.sleep", _no_sleep)
+
+    assert await loop.process(COMMANDS, commands(configure(), join("a")))
+
+    assert attempts == [0, 0, 0]
+    assert 0 in sequencer._owned  # owned again once the broker answered
+
+
+async def _no_sleep(_: float) -> None:
+    return None
