@@ -44,6 +44,7 @@ from waitroom_platform.kafka import (
     make_consumer,
     make_producer,
     outgoing_headers,
+    produce_span,
     queue_records,
     send_to_dead_letter,
     trace_headers,
@@ -342,7 +343,12 @@ class Sequencer(Component):
                     if events is None:
                         span.set_attribute("waitroom.dead_lettered", True)
                         continue
-                    extra = outgoing_headers([(HEADER_SOURCE_OFFSET, str(record.offset).encode())])
+                    source = [(HEADER_SOURCE_OFFSET, str(record.offset).encode())]
+                    for event in events:
+                        # a PRODUCER span per event, each event carrying its own span's context
+                        with produce_span(self._topics.room_events.name, event, owned.partition):
+                            encoded.append(encode(event, outgoing_headers(source)))
+                continue
             else:
                 events = self._decide_one(owned, record, command, refused, now)
                 if events is None:
