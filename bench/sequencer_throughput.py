@@ -25,7 +25,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -44,7 +43,7 @@ from bench.common import (
 from waitroom_events.codec import encode
 from waitroom_events.commands import Command, JoinRequested, LeaveRequested, RoomConfigureRequested
 from waitroom_events.topics import TopicRegistry
-from waitroom_platform.kafka import make_producer
+from waitroom_platform.kafka import make_producer, queue_records
 from waitroom_platform.logging import configure_logging
 from waitroom_platform.settings import KafkaSettings
 
@@ -73,20 +72,8 @@ async def produce(bootstrap: str, topic: str, items: list[Command]) -> None:
     producer = make_producer(KafkaSettings(bootstrap_servers=bootstrap), linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     try:
-        pending = []
-        batch = producer.create_batch()
-        for command in items:
-            record = encode(command)
-            fields: dict[str, Any] = {"key": record.key, "value": record.value, "timestamp": None}
-            if batch.append(headers=record.headers, **fields) is None:
-                pending.append(await producer.send_batch(batch, topic, partition=0))
-                batch = producer.create_batch()
-                batch.append(headers=record.headers, **fields)
-            if len(pending) >= 32:
-                await asyncio.gather(*pending)
-                pending.clear()
-        pending.append(await producer.send_batch(batch, topic, partition=0))
-        await asyncio.gather(*pending)
+        # the sequencer's own batch append (one record batch at a time per partition, in order)
+        await asyncio.gather(*await queue_records(producer, topic, 0, [encode(command) for command in items]))
     finally:
         await producer.stop()
 
