@@ -186,12 +186,16 @@ def measure(
     specs: list[RequestSpec],
     targets: dict[str, ServiceProcess],
     broker: Broker,
+    rate: float | None = None,
 ) -> list[Row]:
+    """One row per target; with ``rate``, open-loop at that many requests per second (latency rows)."""
     rows = []
     for target, proc in targets.items():
         url = base_url(proc)
         if args.warmup > 0:
-            run_load(client, url, specs, connections=args.connections, duration_s=args.warmup, max_requests=0)
+            run_load(
+                client, url, specs, connections=args.connections, duration_s=args.warmup, max_requests=0, rate=rate
+            )
         meter = CpuMeter({"server": proc.pid, "broker": broker.pid})
         spy = start_profile(args.profile, f"{shape.replace(' ', '-')}-{target}", proc.pid)
         meter.start()
@@ -203,6 +207,7 @@ def measure(
             duration_s=args.duration,
             max_requests=args.max_requests,
             threads=args.threads,
+            rate=rate,
         )
         cores = meter.stop()
         stop_profile(spy)
@@ -323,6 +328,20 @@ def reading(rows: list[Row], cpus: int) -> list[str]:
             f"Kafka used {min(ours):.2f}–{max(ours):.2f} cores of it, other work the rest): throughputs are lower "
             "bounds, and the ratios hold only because both servers ran under the same load."
         )
+    join, bare = by.get(("join", "waitroom")), by.get(("join", "baseline"))
+    if join and bare and join.server_cores and join.broker_cores is not None and bare.server_cores:
+        ours = (join.server_cores + join.broker_cores) / join.result.throughput * 1000
+        theirs = bare.server_cores / bare.result.throughput * 1000
+        lines.append(
+            f"- join, all processes together (ticketing with its sequencer, and Kafka): {ours:.2f} ms of CPU per "
+            f"join against the bare endpoint's {theirs:.2f} ms ({ours / theirs:.1f}×; the target is at most 3×)."
+        )
+    for shape, row in by.items():
+        if shape[0].startswith("join at") and shape[1] == "waitroom":
+            lines.append(
+                f"- {shape[0]}: open-loop, latency from each request's due time: p50 {row.result.p50_ms:.1f} ms, "
+                f"p99 {row.result.p99_ms:.1f} ms (the targets: p50 at most 10 ms, p99 at most 30 ms)."
+            )
     joins = [r for r in rows if r.shape == "join" and r.target == "waitroom"]
     for row in joins:
         pending = row.result.statuses.get(202, 0)
@@ -390,6 +409,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="join,heartbeat waiting,heartbeat admitted,status",
         help="comma-separated request shapes (default: all four)",
     )
+    parser.add_argument(
+        "--latency-at",
+        type=float,
+        default=0.1,
+        help="after the join row, joins open-loop at this fraction of its rate, for latency (0: skip; default 0.1)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy profiles of ticketing per row into this folder")
     parser.add_argument("--workers", type=int, default=1, help="API processes (WAITROOM_TICKETING_WORKERS)")
     parser.add_argument(
@@ -436,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for shape in args.shapes.split(","):
                 rows += measure(args, client, shape, shapes[shape], targets, broker)
+            joins = [row for row in rows if row.shape == "join" and row.target == "waitroom"]
+            if joins and args.latency_at > 0:
+                # the issue's latency target: joins at a tenth of the rate ticketing just reached
+                rate = round(max(1.0, joins[0].result.throughput * args.latency_at), 1)
+                shape = f"join at {args.latency_at:.0%} ({rate:g}/s)"
+                say(f"open-loop joins at {rate:g}/s ...")
+                rows += measure(args, client, shape, shapes["join"], targets, broker, rate=rate)
         except BaseException:
             say(f"ticketing log tail:\n{ticketing.log_tail()}")
             raise

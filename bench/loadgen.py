@@ -92,11 +92,17 @@ def run_load(
     duration_s: float,
     max_requests: int,
     threads: int = 1,
+    rate: float | None = None,
 ) -> LoadResult:
     """Send ``specs`` round-robin to ``url`` from ``connections`` kept-alive connections.
 
-    Stops after ``duration_s`` or ``max_requests`` answers, whichever comes first.
+    Stops after ``duration_s`` or ``max_requests`` answers, whichever comes first. With ``rate``
+    (requests per second) the load is open-loop instead: the asyncio client sends one request every
+    1/rate s whatever the answers do (wrk has no such mode), and a latency counts from the moment
+    the request was due, so a slow answer that holds back the next ones shows in the figures.
     """
+    if rate is not None:
+        client = "python"
     with tempfile.TemporaryDirectory(prefix="waitroom-load-") as tmp:
         if client == "wrk":
             script = Path(tmp) / "requests.lua"
@@ -129,6 +135,7 @@ def run_load(
                 str(duration_s),
                 "--max-requests",
                 str(max_requests),
+                *(["--rate", str(rate)] if rate is not None else []),
             ]
         report, cpu_s, output = _run_measured(argv, timeout_s=duration_s + 60)
     if report is None:
@@ -313,7 +320,7 @@ class _Connection:
 
 
 async def _fallback(
-    url: str, specs: list[list[str]], connections: int, duration_s: float, max_requests: int
+    url: str, specs: list[list[str]], connections: int, duration_s: float, max_requests: int, rate: float | None = None
 ) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -347,7 +354,38 @@ async def _fallback(
         finally:
             await connection.close()
 
-    await asyncio.gather(*(worker(i * 7919) for i in range(connections)))
+    async def paced(offset: int, slots: asyncio.Queue[float]) -> None:
+        """Open loop: take the next due time, send then (or at once when late), time from the due time."""
+        nonlocal socket_errors
+        connection = _Connection(host, port)
+        try:
+            while True:
+                due = await slots.get()
+                if due < 0:
+                    return
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                request = raw[(offset + int(due * 1000)) % len(raw)]
+                try:
+                    status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                    socket_errors += 1
+                    await connection.close()
+                    continue
+                latencies.append(time.monotonic() - due)
+                statuses[status] += 1
+        finally:
+            await connection.close()
+
+    if rate is None:
+        await asyncio.gather(*(worker(i * 7919) for i in range(connections)))
+    else:
+        slots: asyncio.Queue[float] = asyncio.Queue()
+        count = int(duration_s * rate) if max_requests <= 0 else min(max_requests, int(duration_s * rate))
+        for i in range(count):
+            slots.put_nowait(started + i / rate)
+        for _ in range(connections):
+            slots.put_nowait(-1.0)
+        await asyncio.gather(*(paced(i * 7919, slots) for i in range(connections)))
     elapsed = time.monotonic() - started
     ordered = sorted(latencies) or [0.0]
 
@@ -373,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=None, help="open loop: requests per second")
     args = parser.parse_args(argv)
     specs = json.loads(args.requests.read_text())
     try:
@@ -381,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    report = runner(_fallback(args.url, specs, args.connections, args.duration, args.max_requests))
+    report = runner(_fallback(args.url, specs, args.connections, args.duration, args.max_requests, args.rate))
     sys.stdout.write(RESULT_MARK + json.dumps(report) + "\n")
 
 

@@ -4,6 +4,11 @@ aiokafka 0.14 has no public way to do either of these:
 
 * load one topic's metadata for a consumer with manual assignment (``partitions_for_topic`` only
   answers from metadata already loaded): :func:`cluster_client` reads ``AIOKafkaConsumer._client``;
+* shorten the wait before a transactional producer retries ``AddPartitionsToTxn`` answered
+  ``CONCURRENT_TRANSACTIONS`` (the previous transaction's markers are still being written, KAFKA-5477):
+  aiokafka waits a module constant, ``aiokafka.producer.sender.BACKOFF_OVERRIDE`` (20 ms), that no
+  setting reaches; :func:`shorten_transaction_retry` sets it. The sequencer starts a transaction right
+  after the previous commit, so at low load it met that wait on nearly every batch;
 * change settings of a consumer that someone else constructed (faust builds the stats service's
   consumer with ``read_uncommitted`` and a 1500 ms fetch wait): :func:`override_fetch_settings` sets
   ``_isolation_level`` and ``_fetch_max_wait_ms``, which ``start()`` hands to the fetcher it builds.
@@ -20,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiokafka
+import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer
 
 #: set by ``AIOKafkaConsumer.__init__``; the cluster client behind ``partitions_for_topic``
@@ -28,6 +34,10 @@ CLIENT = "_client"
 FETCH_SETTINGS = ("_isolation_level", "_fetch_max_wait_ms")
 #: ``None`` until ``start()``; settings changed after that have no effect
 FETCHER = "_fetcher"
+
+
+#: the module constant behind the retry of ``AddPartitionsToTxn`` after ``CONCURRENT_TRANSACTIONS``
+TRANSACTION_RETRY = (aiokafka.producer.sender, "BACKOFF_OVERRIDE")
 
 
 class IncompatibleLibrary(RuntimeError):
@@ -47,6 +57,13 @@ def override_fetch_settings(consumer: AIOKafkaConsumer, *, isolation_level: str,
         _get(consumer, name)
     consumer._isolation_level = isolation_level
     consumer._fetch_max_wait_ms = fetch_max_wait_ms
+
+
+def shorten_transaction_retry(seconds: float) -> None:
+    """Retry ``AddPartitionsToTxn`` after ``CONCURRENT_TRANSACTIONS`` after ``seconds`` (process-wide)."""
+    module, name = TRANSACTION_RETRY
+    _get(module, name)
+    setattr(module, name, seconds)
 
 
 def _get(obj: object, name: str) -> Any:

@@ -62,7 +62,7 @@ class TopicTail(Component, Generic[M]):
         self.caught_up = asyncio.Event()
 
     async def start(self) -> None:
-        consumer = make_consumer(self._kafka, fetch_max_wait_ms=10, max_partition_fetch_bytes=4 * 1024 * 1024)
+        consumer = make_consumer(self._kafka, max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         self._consumer = consumer
         partitions = await partitions_of(consumer, self.topic)

@@ -169,7 +169,9 @@ def build(settings: TicketingSettings) -> list[Component]:
         sequencer = Sequencer(settings.kafka, topics, sequencer_options(settings))
         components.append(sequencer)
     if settings.role in ("all", "api"):
-        producer = ProducerComponent(make_producer(settings.kafka))
+        # linger 0: a join's command goes out at once; under load records still batch, because
+        # aiokafka keeps one request in flight per broker and the next takes whatever queued meanwhile
+        producer = ProducerComponent(make_producer(settings.kafka, linger_ms=0))
         snapshots = SnapshotStore(settings.kafka, topics.snapshots.name) if settings.snapshot_every_events else None
         read_model = ReadModel(settings.kafka, topics.room_events.name, snapshots)
         register_room_gauges(room_depths(read_model))

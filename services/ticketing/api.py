@@ -290,7 +290,8 @@ class Services:
 
     async def publish(self, topic: str, message: Message) -> None:
         try:
-            await asyncio.wait_for(self.publisher.publish(topic, message), self.publish_timeout_s)
+            async with asyncio.timeout(self.publish_timeout_s):  # no task of its own, unlike wait_for
+                await self.publisher.publish(topic, message)
         except (KafkaError, TimeoutError) as exc:
             log.warning("publish_failed", topic=topic, error=type(exc).__name__)
             raise ApiError(503, "log_unavailable", "the event log is unreachable; retry", {"Retry-After": "2"}) from exc

@@ -37,6 +37,7 @@ from waitroom_events.codec import DecodeError, EncodedRecord, decode, encode, he
 from waitroom_events.commands import Command
 from waitroom_events.events import RoomEvent, StateEvent
 from waitroom_events.topics import TopicRegistry
+from waitroom_platform import compat
 from waitroom_platform.consume import ConsumerLoop, Poison, Record, read_to_end
 from waitroom_platform.kafka import (
     HEADER_SOURCE_OFFSET,
@@ -61,6 +62,11 @@ log = structlog.get_logger()
 RECOVERY_RETRY_FOR_S = 120.0
 #: record batches of the events appended at once (well under the broker's 1 MB message limit)
 BATCH_BYTES = 512 * 1024
+#: the group's committed offset trails the decided commands by at most about this (see OFFSETS below)
+OFFSETS_EVERY_S = 1.0
+#: the transactional producer's retry backoff: a ``CONCURRENT_TRANSACTIONS`` answer (the previous
+#: transaction's markers not written yet) is retried after this, not after aiokafka's 100 ms
+TRANSACTION_RETRY_BACKOFF_MS = 5
 
 
 class LogTruncated(RuntimeError):
@@ -83,6 +89,9 @@ class OwnedPartition:
     events_since_snapshot: int = 0
     snapshot_at: float = field(default_factory=time.monotonic)
     snapshot_id: int = 0
+    #: the command offset last written to the group (in a transaction), and when
+    offsets_sent: int = -1
+    offsets_sent_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ class Sequencer(Component):
         self._untrack_lag: Callable[[], None] | None = None
         self._snapshots = SnapshotStore(kafka, topics.snapshots.name) if options.snapshot_every_events > 0 else None
         self._snapshot_timer: asyncio.Task[None] | None = None
+        self._offsets_timer: asyncio.Task[None] | None = None
         #: the snapshot being written per partition, kept across a release and a new assignment
         self._writing: dict[int, asyncio.Task[None]] = {}
         self._failure: LogTruncated | None = None
@@ -135,10 +145,14 @@ class Sequencer(Component):
         return self.joined.is_set()
 
     async def start(self) -> None:
+        if self._options.transactional:
+            compat.shorten_transaction_retry(TRANSACTION_RETRY_BACKOFF_MS / 1000)
         consumer = make_consumer(
             self._kafka,
             group_id=self._options.group_id,
-            fetch_max_wait_ms=5,
+            # records are answered at once whatever the wait (see make_consumer); 100 ms, not 500,
+            # bounds how long an idle fetch can hold up the first one after a seek
+            fetch_max_wait_ms=100,
             max_poll_records=self._options.max_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=self._options.session_timeout_ms,
@@ -149,6 +163,8 @@ class Sequencer(Component):
         if not self._options.transactional:
             self._plain_producer = make_producer(self._kafka)
             await self._plain_producer.start()
+        else:
+            self._offsets_timer = asyncio.get_running_loop().create_task(self._offsets_on_time())
         if self._snapshots is not None:
             await self._snapshots.start()
             self._snapshot_timer = asyncio.get_running_loop().create_task(self._snapshot_on_time())
@@ -176,8 +192,9 @@ class Sequencer(Component):
     async def stop(self) -> None:
         if self._untrack_lag is not None:
             self._untrack_lag()
-        if self._snapshot_timer is not None:
-            self._snapshot_timer.cancel()
+        for timer in (self._snapshot_timer, self._offsets_timer):
+            if timer is not None:
+                timer.cancel()
         async with self._lock:
             for writing in self._writing.values():
                 writing.cancel()  # half a snapshot is never read (docs/adr/0007)
@@ -225,6 +242,7 @@ class Sequencer(Component):
                 transactional_id=f"{self._topics.commands.name}.sequencer-{tp.partition}",
                 linger_ms=0,
                 max_batch_size=BATCH_BYTES,
+                retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
             )
             await producer.start()
         else:
@@ -456,6 +474,29 @@ class Sequencer(Component):
             write_ms=round((time.perf_counter() - started - framed_s) * 1000, 1),
         )
 
+    async def send_offsets(self, owned: OwnedPartition, tp: TopicPartition) -> None:
+        """Put the partition's next command offset into the open transaction."""
+        offset = owned.next_offset
+        await owned.producer.send_offsets_to_transaction({tp: OffsetAndMetadata(offset, "")}, self._options.group_id)
+        owned.offsets_sent, owned.offsets_sent_at = offset, time.monotonic()
+
+    async def _offsets_on_time(self) -> None:
+        """The offsets of partitions whose last commands did not send them (see ``_CommandLoop.commit``),
+        in a transaction of their own, once the partition has been quiet for ``OFFSETS_EVERY_S``."""
+        commands = self._topics.commands.name
+        while True:
+            await asyncio.sleep(OFFSETS_EVERY_S / 2)
+            async with self._lock:
+                for owned in list(self._owned.values()):
+                    quiet = time.monotonic() - owned.offsets_sent_at >= OFFSETS_EVERY_S
+                    if owned.next_offset == owned.offsets_sent or not quiet:
+                        continue
+                    try:
+                        async with owned.producer.transaction():
+                            await self.send_offsets(owned, TopicPartition(commands, owned.partition))
+                    except Exception as exc:  # noqa: BLE001 - only a hint for lag monitors: the next try sends it
+                        log.warning("sequencer_offsets_failed", partition=owned.partition, error=repr(exc))
+
     async def _snapshot_on_time(self) -> None:
         """Snapshots of quiet partitions too: a partition that stopped getting commands is
         snapshotted ``snapshot_every_s`` after its last one."""
@@ -505,6 +546,8 @@ class _CommandLoop(ConsumerLoop[Command]):
         )
         self._sequencer = sequencer
         self._owned: OwnedPartition | None = None
+        #: the chunk being committed had dead letters (its offset then goes into the transaction)
+        self._poisoned = False
 
     async def process(self, tp: TopicPartition, records: Sequence[Record]) -> bool:
         sequencer = self._sequencer
@@ -544,20 +587,33 @@ class _CommandLoop(ConsumerLoop[Command]):
 
     async def dead_letter(self, tp: TopicPartition, poison: Sequence[Poison]) -> None:
         assert self._owned is not None
+        self._poisoned = True
         deliveries = [await send_to_dead_letter(self._owned.producer, record, error) for record, error in poison]
         await asyncio.gather(*deliveries)
 
     async def commit(self, tp: TopicPartition, offset: int) -> bool:
+        """OFFSETS: with transactions, the command offset goes into the transaction only when it
+        must, not into every one. Recovery does not need it: every event names the offset of its
+        command (``HEADER_SOURCE_OFFSET``) and a new owner resumes after the last one it replays
+        (``_replay``). The commands after that produced no event, so deciding them again on the same
+        rooms produces none again: nothing is lost or doubled. What the offset does buy: dead
+        letters are not written twice (a batch with poison always sends its offset), and the
+        group's committed offset, which lag monitors read, stays within ``OFFSETS_EVERY_S`` (a quiet
+        partition's offset is sent by ``_offsets_on_time``). Sending it costs two more round trips
+        per transaction (AddOffsetsToTxn, TxnOffsetCommit) and, right after a commit, a
+        ``CONCURRENT_TRANSACTIONS`` retry: at low load that was most of a join's latency."""
         owned = self._owned
         assert owned is not None
         owned.next_offset = max(owned.next_offset, offset)
-        if self._sequencer._options.transactional:
-            offsets = owned.producer.send_offsets_to_transaction(
-                {tp: OffsetAndMetadata(owned.next_offset, "")}, self._sequencer._options.group_id
-            )
-            await asyncio.gather(offsets, self._delivered(owned))
-        else:
+        sequencer = self._sequencer
+        if not sequencer._options.transactional:
             await self.consumer.commit({tp: owned.next_offset})
+            return True
+        poisoned, self._poisoned = self._poisoned, False
+        if poisoned or time.monotonic() - owned.offsets_sent_at >= OFFSETS_EVERY_S:
+            await asyncio.gather(sequencer.send_offsets(owned, tp), self._delivered(owned))
+        else:
+            await self._delivered(owned)
         return True
 
 

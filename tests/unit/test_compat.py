@@ -98,3 +98,18 @@ async def test_the_consumer_faust_builds_for_the_stats_worker_reads_committed_re
         assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
     finally:
         await consumer.stop()
+
+
+def test_aiokafka_still_retries_concurrent_transactions_after_the_module_constant_compat_shortens() -> None:
+    module, name = compat.TRANSACTION_RETRY
+    before = getattr(module, name)
+    assert isinstance(before, float), f"aiokafka.producer.sender.{name} is gone or no longer a delay: review compat"
+    handler = inspect.getsource(module.AddPartitionsToTxnHandler.handle_response)
+    assert "ConcurrentTransactions" in handler and name in handler, (
+        "AddPartitionsToTxnHandler no longer waits BACKOFF_OVERRIDE after ConcurrentTransactions: review compat"
+    )
+    try:
+        compat.shorten_transaction_retry(0.004)
+        assert getattr(module, name) == 0.004
+    finally:
+        setattr(module, name, before)

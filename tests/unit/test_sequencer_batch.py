@@ -26,7 +26,8 @@ from waitroom_events.events import RoomConfigured, TicketAdmitted, TicketIssued
 from waitroom_events.topics import dlq_name, topic_registry
 from waitroom_platform.kafka import HEADER_SOURCE_OFFSET
 from waitroom_platform.settings import KafkaSettings
-from waitroom_ticketing.sequencer import OwnedPartition, Sequencer, SequencerOptions, _CommandLoop
+from waitroom_ticketing import sequencer as sequencer_module
+from waitroom_ticketing.sequencer import OFFSETS_EVERY_S, OwnedPartition, Sequencer, SequencerOptions, _CommandLoop
 
 TOPICS = topic_registry("unit", room_partitions=1)
 COMMANDS = TopicPartition(TOPICS.commands.name, 0)
@@ -233,14 +234,38 @@ async def test_poison_and_an_invalid_command_are_dead_lettered_while_the_rest_of
     assert sequencer.producer.offsets == [({COMMANDS: 5}, GROUP)]
 
 
-async def test_with_transactions_the_offsets_go_into_the_transaction_and_not_to_the_consumer() -> None:
+async def test_with_transactions_the_offsets_go_into_a_transaction_once_a_second_and_never_to_the_consumer() -> None:
     sequencer, loop = rig(transactional=True)
 
     await loop.process(COMMANDS, commands(configure(), join("a")))
-
+    # Not in every transaction: the events name their commands' offsets, which is what recovery reads.
     assert sequencer.producer.transactions == ["committed"]
-    assert sequencer.producer.offsets == [({COMMANDS: 2}, GROUP)]
+    assert sequencer.producer.offsets == []
+    assert [offset for offset, _, _ in story(sequencer.producer)] == [0, 1, 1]
+
+    sequencer._owned[0].offsets_sent_at -= OFFSETS_EVERY_S  # a second later
+    await loop.process(COMMANDS, commands(join("b"), first_offset=2))
+    assert sequencer.producer.offsets == [({COMMANDS: 3}, GROUP)]
+    assert sequencer.producer.transactions == ["committed", "committed"]
     assert loop.consumer.commits == []
+
+
+async def test_a_quiet_partitions_offset_is_sent_in_a_transaction_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sequencer_module, "OFFSETS_EVERY_S", 0.05)
+    sequencer, loop = rig(transactional=True)
+    await loop.process(COMMANDS, commands(configure(), join("a")))
+    assert sequencer.producer.offsets == []
+
+    timer = asyncio.get_running_loop().create_task(sequencer._offsets_on_time())
+    try:
+        async with asyncio.timeout(5):
+            while not sequencer.producer.offsets:
+                await asyncio.sleep(0.01)
+    finally:
+        timer.cancel()
+    assert sequencer.producer.offsets == [({COMMANDS: 2}, GROUP)]
+    assert sequencer.producer.transactions == ["committed", "committed"]
+    assert len(sequencer.producer.events()) == 3  # the offsets' transaction holds no event
 
 
 async def test_without_transactions_the_consumer_commits_the_offset_after_the_batch() -> None:
