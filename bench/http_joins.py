@@ -307,7 +307,7 @@ def reading(rows: list[Row], cpus: int) -> list[str]:
     for shape in dict.fromkeys(r.shape for r in rows):
         w, b = by[(shape, "waitroom")], by[(shape, "baseline")]
         w_ms, b_ms = _cpu_ms_per_request(w), _cpu_ms_per_request(b)
-        if w_ms is not None and b_ms is not None:
+        if w_ms is not None and b_ms:
             lines.append(
                 f"- {shape}: ticketing spent {w_ms:.2f} ms of CPU per request against {b_ms:.2f} ms for the bare "
                 f"endpoint ({w_ms / b_ms:.1f}×); CPU per request depends less on what else the machine runs "

@@ -62,14 +62,19 @@ def test_the_http_bench_measures_every_shape_of_waitroom_and_the_baseline_withou
     )
 
     rows = _table(report, "shape")
+    # after the join row, joins open-loop at a tenth of the rate it reached (the latency row)
+    paced = {r["shape"] for r in rows if r["shape"].startswith("join at 10% (")}
+    assert len(paced) == 1, rows
+    shapes = [*SHAPES, *paced]
     assert {(r["shape"], r["server"]) for r in rows} == {
-        (shape, server) for shape in SHAPES for server in ("baseline", "waitroom")
+        (shape, server) for shape in shapes for server in ("baseline", "waitroom")
     }
     for row in rows:
         assert float(row["req/s"]) > 0, row
         assert row["errors"] == "0", row
     ratios = _table(report.split("Ratios", 1)[1], "shape")
-    assert {r["shape"] for r in ratios} == set(SHAPES)
+    assert {r["shape"] for r in ratios} == set(shapes)
+    assert "open-loop, latency from each request's due time" in report
 
 
 def test_the_sequencer_bench_applies_every_command_and_reports_a_rate(kafka_bootstrap: str) -> None:
