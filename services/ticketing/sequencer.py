@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import InvalidSessionTimeoutError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from waitroom_core.room import InvalidCommand, RoomState, decide, evolve
@@ -51,7 +52,7 @@ from waitroom_platform.kafka import (
     tracing,
 )
 from waitroom_platform.metrics import track_consumer_lag
-from waitroom_platform.runtime import Component
+from waitroom_platform.runtime import Component, Misconfigured
 from waitroom_platform.settings import KafkaSettings
 from waitroom_platform.snapshots import SnapshotStore, describe
 
@@ -83,6 +84,8 @@ class OwnedPartition:
     events_since_snapshot: int = 0
     snapshot_at: float = field(default_factory=time.monotonic)
     snapshot_id: int = 0
+    #: seconds from the start of the takeover (fencing) to the rooms rebuilt
+    recovery_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,15 @@ class SequencerOptions:
     snapshot_every_s: float = 60.0
     #: ended tickets older than this (before their room's newest event) are left out of snapshots
     snapshot_keep_ended_s: float | None = 600.0
-    #: the group's session timeout: how long a dead sequencer holds its partitions
-    session_timeout_ms: int = 10_000
+    #: the group's session timeout: how long a dead sequencer holds its partitions (docs/adr/0007)
+    session_timeout_ms: int = 3_000
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """A sixth of the session: the survivors hear of a rebalance on their next heartbeat (half
+        an interval on average, part of every failover), and the event loop may stall for the
+        session less one interval (2.5 s of a 3 s session) before the member is taken for dead."""
+        return max(100, self.session_timeout_ms // 6)
 
 
 class Sequencer(Component):
@@ -124,7 +134,9 @@ class Sequencer(Component):
         self._snapshot_timer: asyncio.Task[None] | None = None
         #: the snapshot being written per partition, kept across a release and a new assignment
         self._writing: dict[int, asyncio.Task[None]] = {}
-        self._failure: LogTruncated | None = None
+        self._failure: BaseException | None = None
+        #: the takeovers of the latest assignment, run outside the group's callback (see assign)
+        self._takeover: asyncio.Task[None] | None = None
         self._failed = asyncio.Event()
         #: set once the group gave this member its partitions (possibly none)
         self.joined = asyncio.Event()
@@ -142,7 +154,7 @@ class Sequencer(Component):
             max_poll_records=self._options.max_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=self._options.session_timeout_ms,
-            heartbeat_interval_ms=1_000,
+            heartbeat_interval_ms=self._options.heartbeat_interval_ms,
             rebalance_timeout_ms=30_000,
         )
         self._consumer = consumer
@@ -170,14 +182,18 @@ class Sequencer(Component):
             failed.cancel()
         if self._failure is not None:
             commands.cancel()
-            raise self._failure  # from the rebalance listener, which aiokafka would only log
-        await commands
+            raise self._failure  # from a takeover, which runs outside the command loop
+        try:
+            await commands
+        except InvalidSessionTimeoutError as exc:
+            raise session_refused(self._options.session_timeout_ms) from exc
 
     async def stop(self) -> None:
         if self._untrack_lag is not None:
             self._untrack_lag()
         if self._snapshot_timer is not None:
             self._snapshot_timer.cancel()
+        await self._cancel_takeover()
         async with self._lock:
             for writing in self._writing.values():
                 writing.cancel()  # half a snapshot is never read (docs/adr/0007)
@@ -195,19 +211,65 @@ class Sequencer(Component):
     # ---------------------------------------------------------------- ownership
 
     async def assign(self, partitions: set[TopicPartition]) -> None:
-        async with self._lock:
-            for tp in sorted(partitions, key=lambda t: t.partition):
-                if tp.partition not in self._owned:
-                    try:
-                        await self._take_ownership(tp)
-                    except LogTruncated as exc:
-                        log.error("room_events_truncated", partition=tp.partition, error=str(exc))
-                        self._failure = exc
-                        self._failed.set()
-                        return
-        self.joined.set()  # joined the group (possibly with no partition: more members than partitions)
+        """The group's assignment callback: it only pauses the new partitions and starts their takeover.
+
+        aiokafka sends no heartbeats while this callback runs, and the broker expires a member
+        whose callback outlasts the session timeout; the member then rejoins, is given the same
+        partitions and starts the takeover over. A takeover longer than the session (a long replay
+        without a snapshot, a large snapshot) would never end. So the takeovers run in a task of
+        their own, the group keeps hearing from this member, and each partition is resumed once
+        it is owned (fenced, rebuilt, positioned after the last command applied).
+        """
+        await self._cancel_takeover()
+        assert self._consumer is not None
+        new = sorted((tp for tp in partitions if tp.partition not in self._owned), key=lambda t: t.partition)
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in partitions))
+        if not new:
+            self.joined.set()  # joined the group (possibly with no partition: more members than partitions)
+            return
+        self._consumer.pause(*new)
+        self._takeover = asyncio.get_running_loop().create_task(self._take_over(new))
+
+    async def _take_over(self, partitions: Sequence[TopicPartition]) -> None:
+        assert self._consumer is not None
+        for tp in partitions:
+            try:
+                owned = await self._take_ownership_retrying(tp)
+            except LogTruncated as exc:
+                log.error("room_events_truncated", partition=tp.partition, error=str(exc))
+                self._fail(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried already: the component fails, the process exits
+                log.error("partition_takeover_failed", partition=tp.partition, error=repr(exc))
+                self._fail(exc)
+                return
+            try:
+                async with self._lock:
+                    self._own(tp, owned)
+            except BaseException:
+                await self._release(owned)  # revoked before it was installed
+                raise
+            self._consumer.resume(tp)
+        self.joined.set()
+
+    async def _cancel_takeover(self) -> None:
+        """Ends the takeovers still running (a revoke, a new assignment, stop)."""
+        takeover, self._takeover = self._takeover, None
+        if takeover is not None and not takeover.done():
+            takeover.cancel()
+            await asyncio.wait({takeover})
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._failed.set()
+
+    async def _release(self, owned: OwnedPartition) -> None:
+        if owned.producer is not self._plain_producer:
+            with contextlib.suppress(Exception):
+                await owned.producer.stop()
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
+        await self._cancel_takeover()
         async with self._lock:
             for tp in partitions:
                 owned = self._owned.pop(tp.partition, None)
@@ -215,7 +277,25 @@ class Sequencer(Component):
                     await owned.producer.stop()
                 log.info("partition_released", partition=tp.partition)
 
-    async def _take_ownership(self, tp: TopicPartition) -> None:
+    async def _take_ownership_retrying(self, tp: TopicPartition) -> OwnedPartition:
+        """:meth:`_take_ownership`, retried (0.5 s doubling to 5 s) for up to ``RECOVERY_RETRY_FOR_S``
+        while it fails (the broker restarting); a truncated log is not retried."""
+        deadline = time.monotonic() + RECOVERY_RETRY_FOR_S
+        delay = 0.5
+        while True:
+            try:
+                return await self._take_ownership(tp)
+            except LogTruncated:
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("partition_recovery_retry", partition=tp.partition, error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _take_ownership(self, tp: TopicPartition) -> OwnedPartition:
+        """Fences the partition's earlier owners and rebuilds its rooms; :meth:`_own` installs it."""
         started = time.monotonic()
         if self._options.transactional:
             # Starting a producer with this transactional id fences every earlier owner of the
@@ -226,19 +306,24 @@ class Sequencer(Component):
                 linger_ms=0,
                 max_batch_size=BATCH_BYTES,
             )
-            await producer.start()
         else:
             assert self._plain_producer is not None
             producer = self._plain_producer
         owned = OwnedPartition(partition=tp.partition, producer=producer)
         try:
-            await self._rebuild(owned)
-        except BaseException:
             if producer is not self._plain_producer:
-                await producer.stop()  # a failed takeover leaves no transactional producer behind
+                await producer.start()
+            await self._rebuild(owned)
+            committed = await self._committed(tp)
+        except BaseException:
+            await self._release(owned)  # a failed takeover leaves no transactional producer behind
             raise
-        committed = await self._committed(tp)
         owned.next_offset = max(owned.next_offset, committed)
+        owned.recovery_s = time.monotonic() - started
+        return owned
+
+    def _own(self, tp: TopicPartition, owned: OwnedPartition) -> None:
+        """Installs a rebuilt partition (under ``_lock``): its commands resume after the last one applied."""
         assert self._consumer is not None
         self._consumer.seek(tp, owned.next_offset)
         self._owned[tp.partition] = owned
@@ -248,7 +333,7 @@ class Sequencer(Component):
             rooms=len(owned.rooms),
             events_replayed=owned.events_replayed,
             resume_offset=owned.next_offset,
-            recovery_s=round(time.monotonic() - started, 3),
+            recovery_s=round(owned.recovery_s, 3),
         )
         owned.events_since_snapshot = owned.events_replayed
         self.maybe_snapshot(owned)
@@ -469,24 +554,11 @@ class Sequencer(Component):
         """The in-memory rooms may be ahead of what the log kept: rebuild them from the log."""
         log.exception("sequencer_batch_failed", partition=owned.partition)
         self._owned.pop(owned.partition, None)
-        if owned.producer is not self._plain_producer:
-            with contextlib.suppress(Exception):
-                await owned.producer.stop()
-        # The broker may be down for a while (a restart): retry the takeover until it is back, so a
-        # Kafka restart costs a pause, not the process. Past the bound the component fails and
-        # the process exits for its supervisor to restart.
-        deadline = time.monotonic() + RECOVERY_RETRY_FOR_S
-        delay = 0.5
-        while True:
-            try:
-                await self._take_ownership(tp)
-                return
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("partition_recovery_retry", partition=tp.partition, error=repr(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await self._release(owned)
+        # The broker may be down for a while (a restart): the takeover is retried until it is back,
+        # so a Kafka restart costs a pause, not the process. Past the bound the component fails
+        # and the process exits for its supervisor to restart.
+        self._own(tp, await self._take_ownership_retrying(tp))
 
 
 class _CommandLoop(ConsumerLoop[Command]):
@@ -584,3 +656,21 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._sequencer.assign(assigned)
+
+
+def session_refused(session_timeout_ms: int) -> Misconfigured:
+    """The broker refused the group's session timeout (``INVALID_SESSION_TIMEOUT``): it lies outside
+    the cluster's ``group.min.session.timeout.ms`` .. ``group.max.session.timeout.ms``. No retry
+    can fix that, so the process exits (code 2) saying which setting to change."""
+    log.error(
+        "sequencer_session_timeout_refused",
+        session_timeout_ms=session_timeout_ms,
+        setting="WAITROOM_TICKETING_SESSION_TIMEOUT_MS",
+        broker_settings="group.min.session.timeout.ms, group.max.session.timeout.ms",
+    )
+    return Misconfigured(
+        f"the Kafka cluster refused the sequencer group's session timeout of {session_timeout_ms} ms "
+        "(INVALID_SESSION_TIMEOUT): set WAITROOM_TICKETING_SESSION_TIMEOUT_MS within the brokers' "
+        "group.min.session.timeout.ms and group.max.session.timeout.ms, or lower the brokers' "
+        "group.min.session.timeout.ms (docs/adr/0007-snapshots-compaction-retention.md)"
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import InvalidSessionTimeoutError
 from aiokafka.structs import ConsumerRecord
 
 from waitroom_events.base import Message
@@ -25,6 +26,7 @@ from waitroom_events.commands import AdmitRequested, JoinRequested, RoomConfigur
 from waitroom_events.events import RoomConfigured, TicketAdmitted, TicketIssued
 from waitroom_events.topics import dlq_name, topic_registry
 from waitroom_platform.kafka import HEADER_SOURCE_OFFSET
+from waitroom_platform.runtime import Misconfigured
 from waitroom_platform.settings import KafkaSettings
 from waitroom_ticketing.sequencer import OwnedPartition, Sequencer, SequencerOptions, _CommandLoop
 
@@ -152,6 +154,21 @@ class FakeProducer:
 class FakeConsumer:
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
     seeks: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    paused: set[TopicPartition] = field(default_factory=set)
+    #: what ``getmany`` raises (an error the group coordinator hands to the user)
+    fetch_error: Exception | None = None
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused.difference_update(partitions)
+
+    async def getmany(self, *args: Any, **kwargs: Any) -> dict[TopicPartition, list[Record]]:
+        if self.fetch_error is not None:
+            raise self.fetch_error
+        await asyncio.sleep(0.01)
+        return {}
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
@@ -169,6 +186,7 @@ class LogReplayingSequencer(Sequencer):
     def __init__(self, producer: FakeProducer, consumer: FakeConsumer, *, transactional: bool) -> None:
         super().__init__(KafkaSettings(), TOPICS, SequencerOptions(GROUP, transactional=transactional), lambda: NOW)
         self.producer = producer
+        self.consumer = consumer
         self._consumer = consumer  # type: ignore[assignment]
         if not transactional:
             self._plain_producer = producer  # type: ignore[assignment]
@@ -310,11 +328,11 @@ async def test_a_takeover_that_fails_while_the_broker_is_down_is_retried_until_i
     real = sequencer._take_ownership
     attempts: list[int] = []
 
-    async def broker_down_twice(tp: TopicPartition) -> None:
+    async def broker_down_twice(tp: TopicPartition) -> OwnedPartition:
         attempts.append(tp.partition)
         if len(attempts) <= 2:
             raise ConnectionError("Unable to bootstrap")
-        await real(tp)
+        return await real(tp)
 
     monkeypatch.setattr(sequencer, "_take_ownership", broker_down_twice)
     monkeypatch.setattr("waitroom_ticketing.sequencer.asyncio.sleep", _no_sleep)
@@ -327,3 +345,74 @@ async def test_a_takeover_that_fails_while_the_broker_is_down_is_retried_until_i
 
 async def _no_sleep(_: float) -> None:
     return None
+
+
+class SlowTakeover(LogReplayingSequencer):
+    """A rebuild that waits for ``release``: a takeover as long as the test wants."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeProducer(), FakeConsumer(), transactional=True)
+        self._owned.clear()
+        self.release = asyncio.Event()
+        self.rebuilding = asyncio.Event()
+        self.producers: list[FakeProducer] = []
+
+    async def _take_ownership(self, tp: TopicPartition) -> OwnedPartition:
+        producer = FakeProducer()
+        self.producers.append(producer)
+        owned = OwnedPartition(partition=tp.partition, producer=producer)  # type: ignore[arg-type]
+        try:
+            self.rebuilding.set()
+            await self.release.wait()
+        except BaseException:
+            await self._release(owned)
+            raise
+        owned.next_offset = 7
+        return owned
+
+
+async def test_an_assignment_returns_at_once_and_the_partition_stays_paused_until_its_takeover_owns_it() -> None:
+    # aiokafka sends no heartbeats during the callback: a takeover inside it that outlasted the
+    # session timeout got the member expelled and the takeover started over, for ever.
+    sequencer = SlowTakeover()
+    consumer = sequencer.consumer
+
+    await asyncio.wait_for(sequencer.assign({COMMANDS}), timeout=1)
+    await asyncio.wait_for(sequencer.rebuilding.wait(), timeout=1)
+
+    assert consumer.paused == {COMMANDS}
+    assert 0 not in sequencer._owned
+    assert not sequencer.ready()
+
+    sequencer.release.set()
+    await asyncio.wait_for(sequencer.joined.wait(), timeout=1)
+    assert 0 in sequencer._owned
+    assert consumer.paused == set()
+    assert consumer.seeks == [(COMMANDS, 7)]  # resumes after the last command applied
+
+
+async def test_a_partition_revoked_during_its_takeover_is_never_owned_and_its_producer_is_stopped() -> None:
+    sequencer = SlowTakeover()
+    await sequencer.assign({COMMANDS})
+    await asyncio.wait_for(sequencer.rebuilding.wait(), timeout=1)
+
+    await asyncio.wait_for(sequencer.revoke({COMMANDS}), timeout=1)
+    sequencer.release.set()
+    await asyncio.sleep(0)
+
+    assert 0 not in sequencer._owned
+    assert [producer.stopped for producer in sequencer.producers] == [True]
+    assert sequencer.consumer.seeks == []
+
+
+async def test_a_session_timeout_the_cluster_refuses_ends_the_sequencer_naming_the_setting_to_change() -> None:
+    sequencer, _ = rig(transactional=True)
+    sequencer.consumer.fetch_error = InvalidSessionTimeoutError()
+
+    with pytest.raises(Misconfigured) as refused:
+        await asyncio.wait_for(sequencer.run(), timeout=5)
+
+    message = str(refused.value)
+    assert "WAITROOM_TICKETING_SESSION_TIMEOUT_MS" in message
+    assert "group.min.session.timeout.ms" in message
+    assert "3000 ms" in message  # the default it asked for
