@@ -86,6 +86,8 @@ class OwnedPartition:
     snapshot_id: int = 0
     #: seconds from the start of the takeover (fencing) to the rooms rebuilt
     recovery_s: float = 0.0
+    #: the rooms being encoded for a snapshot in a worker thread: no command is decided until it ends
+    encoding: asyncio.Task[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -482,9 +484,12 @@ class Sequencer(Component):
     def maybe_snapshot(self, owned: OwnedPartition) -> None:
         """Start a snapshot of ``owned`` if one is due and none is being written.
 
-        Called between transactions, where the rooms hold exactly the committed events: encoding
-        the rooms here is the only part that holds up the partition (measured in
-        docs/benchmarks.md); compressing (zlib releases the GIL) and sending run in the background.
+        Called between transactions, where the rooms hold exactly the committed events. The rooms
+        are encoded in a worker thread while the partition's next batch waits for it
+        (``OwnedPartition.encoding``): the only part that holds up the partition (measured in
+        docs/benchmarks.md), and in the thread it holds up neither the event loop's group
+        heartbeats nor the API of the same process. Compressing (zlib releases the GIL) and sending
+        run in the background.
         """
         options = self._options
         if self._snapshots is None or owned.events_since_snapshot == 0:
@@ -497,12 +502,18 @@ class Sequencer(Component):
             and time.monotonic() - owned.snapshot_at < options.snapshot_every_s
         ):
             return
-        started = time.perf_counter()
-        body, rooms = encode_rooms(owned.rooms.values(), options.snapshot_keep_ended_s)
-        encode_s = time.perf_counter() - started
-        taken_at = max((room.last_event_at or 0.0 for room in owned.rooms.values()), default=0.0)
+        rooms = list(owned.rooms.values())
+        keep_ended_s = options.snapshot_keep_ended_s
+
+        def encode() -> tuple[bytes, int, float]:
+            started = time.perf_counter()
+            body, count = encode_rooms(rooms, keep_ended_s)
+            return body, count, time.perf_counter() - started
+
+        loop = asyncio.get_running_loop()
+        encoding = owned.encoding = loop.create_task(asyncio.to_thread(encode))
+        taken_at = max((room.last_event_at or 0.0 for room in rooms), default=0.0)
         snapshot = dict(
-            rooms=rooms,
             partition=owned.partition,
             snapshot_id=owned.snapshot_id,
             next_offset=owned.next_offset,
@@ -512,14 +523,14 @@ class Sequencer(Component):
         owned.snapshot_id += 1
         owned.events_since_snapshot = 0
         owned.snapshot_at = time.monotonic()
-        self._writing[owned.partition] = asyncio.get_running_loop().create_task(
-            self._write_snapshot(body, snapshot, encode_s)
-        )
+        self._writing[owned.partition] = loop.create_task(self._write_snapshot(encoding, snapshot))
 
-    async def _write_snapshot(self, body: bytes, snapshot: dict[str, Any], encode_s: float) -> None:
+    async def _write_snapshot(self, encoding: asyncio.Task[tuple[bytes, int, float]], snapshot: dict[str, Any]) -> None:
         assert self._snapshots is not None
-        started = time.perf_counter()
         try:
+            body, rooms, encode_s = await encoding
+            snapshot["rooms"] = rooms
+            started = time.perf_counter()
             framed = await asyncio.to_thread(lambda: frame(body, **snapshot))
             framed_s = time.perf_counter() - started
             await self._snapshots.write(framed)
@@ -587,6 +598,9 @@ class _CommandLoop(ConsumerLoop[Command]):
             records = [r for r in records if r.offset >= owned.next_offset]
             if not records:
                 return True
+            if owned.encoding is not None:
+                await asyncio.wait({owned.encoding})  # the snapshot's thread reads these rooms
+                owned.encoding = None
             self._owned = owned
             try:
                 if sequencer._options.transactional:

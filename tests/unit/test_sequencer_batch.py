@@ -10,6 +10,7 @@ is ignored, and a failing send rebuilds the partition from the log.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import InvalidSessionTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+import waitroom_ticketing.sequencer
 from waitroom_events.base import Message
 from waitroom_events.codec import decode, encode, header
 from waitroom_events.commands import AdmitRequested, JoinRequested, RoomConfigureRequested
@@ -183,8 +185,11 @@ class FakeConsumer:
 class LogReplayingSequencer(Sequencer):
     """Rebuilds from what the fake producer's log holds instead of reading room-events from Kafka."""
 
-    def __init__(self, producer: FakeProducer, consumer: FakeConsumer, *, transactional: bool) -> None:
-        super().__init__(KafkaSettings(), TOPICS, SequencerOptions(GROUP, transactional=transactional), lambda: NOW)
+    def __init__(
+        self, producer: FakeProducer, consumer: FakeConsumer, *, transactional: bool, snapshot_every_events: int = 0
+    ) -> None:
+        options = SequencerOptions(GROUP, transactional=transactional, snapshot_every_events=snapshot_every_events)
+        super().__init__(KafkaSettings(), TOPICS, options, lambda: NOW)
         self.producer = producer
         self.consumer = consumer
         self._consumer = consumer  # type: ignore[assignment]
@@ -416,3 +421,56 @@ async def test_a_session_timeout_the_cluster_refuses_ends_the_sequencer_naming_t
     assert "WAITROOM_TICKETING_SESSION_TIMEOUT_MS" in message
     assert "group.min.session.timeout.ms" in message
     assert "3000 ms" in message  # the default it asked for
+
+
+class RecordingSnapshots:
+    """The snapshots topic, as a list of what was written."""
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+
+    async def write(self, framed: Any) -> None:
+        self.written.append(framed)
+
+
+async def test_no_command_is_decided_while_a_snapshot_encodes_the_rooms_in_its_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sequencer = LogReplayingSequencer(FakeProducer(), FakeConsumer(), transactional=True, snapshot_every_events=1)
+    snapshots = RecordingSnapshots()
+    sequencer._snapshots = snapshots  # type: ignore[assignment]
+    loop = _CommandLoop(sequencer, sequencer.consumer)  # type: ignore[arg-type]
+    encoding = threading.Event()
+    go_on = threading.Event()
+    seen: list[int] = []
+    real_encode = waitroom_ticketing.sequencer.encode_rooms
+
+    def slow_encode(rooms: Any, keep_ended_s: float | None) -> tuple[bytes, int]:
+        encoding.set()
+        go_on.wait(5)
+        rooms = list(rooms)
+        seen.append(rooms[0].last_queue_no)  # what the snapshot holds: the rooms as committed
+        return real_encode(rooms, keep_ended_s)
+
+    monkeypatch.setattr(waitroom_ticketing.sequencer, "encode_rooms", slow_encode)
+    assert await loop.process(COMMANDS, commands(configure(capacity=0), join("a")))
+    await asyncio.to_thread(encoding.wait, 5)  # the event loop is free meanwhile: this await returns
+
+    second = asyncio.create_task(loop.process(COMMANDS, commands(join("b"), first_offset=2)))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # waits for the encoding
+    assert sequencer._owned[0].rooms["r"].last_queue_no == 1
+
+    go_on.set()
+    assert await asyncio.wait_for(second, timeout=5)
+    assert seen == [1]
+    assert sequencer._owned[0].rooms["r"].last_queue_no == 2
+    await eventually_written(snapshots)
+
+
+async def eventually_written(snapshots: RecordingSnapshots) -> None:
+    for _ in range(200):
+        if snapshots.written:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no snapshot was written")
