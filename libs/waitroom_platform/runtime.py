@@ -169,7 +169,9 @@ class Supervisor:
     def _fail(self, name: str, error: BaseException) -> None:
         if self._failed is None:
             self._failed = (name, error)
-            log.error("component_failed", service=self.service, component=name, error=repr(error), exc_info=error)
+            # A misconfiguration is told in its message; its traceback would only bury it.
+            trace = None if isinstance(error, Misconfigured) else error
+            log.error("component_failed", service=self.service, component=name, error=repr(error), exc_info=trace)
         self._stop.set()
 
     async def _wait_for_end(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,7 +117,10 @@ class SnapshotStore:
             await read_to_end(reader, TopicPartition(self.topic, partition), keep, max_records=500)
         finally:
             await reader.stop()
-        return self._pick(partition, latest, size, started)
+        # In a worker thread: decoding a million tickets takes seconds (docs/benchmarks.md), and
+        # in the event loop it would hold up the group's heartbeats for as long (a sequencer with
+        # a 3 s session would be expelled from its group in the middle of a takeover).
+        return await asyncio.to_thread(self._pick, partition, latest, size, started)
 
     @staticmethod
     def _pick(partition: int, latest: dict[bytes, bytes], size: int, started: float) -> Found:
@@ -153,17 +157,32 @@ class SnapshotStore:
         return Found(None, next_id, refused)
 
 
+_collector_lock = threading.Lock()
+_collector_pauses = 0
+_collector_was_enabled = False
+
+
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """Decoding makes a million objects that all live on: the cyclic collector would scan them
-    again and again while they are made, for nothing (it doubled the decode time, measured)."""
-    enabled = gc.isenabled()
-    gc.disable()
+    again and again while they are made, for nothing (it doubled the decode time, measured).
+
+    The collector is the process's: decodes in several threads at once (the read model and the
+    sequencer of one process) share one pause, and the last to end restores it.
+    """
+    global _collector_pauses, _collector_was_enabled
+    with _collector_lock:
+        if _collector_pauses == 0:
+            _collector_was_enabled = gc.isenabled()
+            gc.disable()
+        _collector_pauses += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _collector_lock:
+            _collector_pauses -= 1
+            if _collector_pauses == 0 and _collector_was_enabled:
+                gc.enable()
 
 
 def describe(found: Found) -> dict[str, Any]:

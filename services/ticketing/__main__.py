@@ -18,6 +18,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
+from waitroom_platform.heap import HeapFreezer
 from waitroom_platform.kafka import ProducerComponent, Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
 from waitroom_platform.runtime import Component
@@ -163,7 +164,8 @@ def sequencer_options(settings: TicketingSettings) -> SequencerOptions:
 
 def build(settings: TicketingSettings) -> list[Component]:
     topics = settings.common.topics()
-    components: list[Component] = []
+    # First, so the heap the sequencer and the read model build is frozen as it grows (heap.py).
+    components: list[Component] = [HeapFreezer()]
     sequencer: Sequencer | None = None
     if settings.role in ("all", "sequencer"):
         sequencer = Sequencer(settings.kafka, topics, sequencer_options(settings))

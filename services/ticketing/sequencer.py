@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import InvalidSessionTimeoutError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from waitroom_core.room import InvalidCommand, RoomState, decide, evolve
@@ -52,7 +53,7 @@ from waitroom_platform.kafka import (
     tracing,
 )
 from waitroom_platform.metrics import track_consumer_lag
-from waitroom_platform.runtime import Component
+from waitroom_platform.runtime import Component, Misconfigured
 from waitroom_platform.settings import KafkaSettings
 from waitroom_platform.snapshots import SnapshotStore, describe
 
@@ -92,6 +93,10 @@ class OwnedPartition:
     #: the command offset last written to the group (in a transaction), and when
     offsets_sent: int = -1
     offsets_sent_at: float = field(default_factory=time.monotonic)
+    #: seconds from the start of the takeover (fencing) to the rooms rebuilt
+    recovery_s: float = 0.0
+    #: the rooms being encoded for a snapshot in a worker thread: no command is decided until it ends
+    encoding: asyncio.Task[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,15 @@ class SequencerOptions:
     snapshot_every_s: float = 60.0
     #: ended tickets older than this (before their room's newest event) are left out of snapshots
     snapshot_keep_ended_s: float | None = 600.0
-    #: the group's session timeout: how long a dead sequencer holds its partitions
-    session_timeout_ms: int = 10_000
+    #: the group's session timeout: how long a dead sequencer holds its partitions (docs/adr/0007)
+    session_timeout_ms: int = 3_000
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """A sixth of the session: the survivors hear of a rebalance on their next heartbeat (half
+        an interval on average, part of every failover), and the event loop may stall for the
+        session less one interval (2.5 s of a 3 s session) before the member is taken for dead."""
+        return max(100, self.session_timeout_ms // 6)
 
 
 class Sequencer(Component):
@@ -134,7 +146,9 @@ class Sequencer(Component):
         self._offsets_timer: asyncio.Task[None] | None = None
         #: the snapshot being written per partition, kept across a release and a new assignment
         self._writing: dict[int, asyncio.Task[None]] = {}
-        self._failure: LogTruncated | None = None
+        self._failure: BaseException | None = None
+        #: the takeovers of the latest assignment, run outside the group's callback (see assign)
+        self._takeover: asyncio.Task[None] | None = None
         self._failed = asyncio.Event()
         #: set once the group gave this member its partitions (possibly none)
         self.joined = asyncio.Event()
@@ -156,7 +170,7 @@ class Sequencer(Component):
             max_poll_records=self._options.max_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=self._options.session_timeout_ms,
-            heartbeat_interval_ms=1_000,
+            heartbeat_interval_ms=self._options.heartbeat_interval_ms,
             rebalance_timeout_ms=30_000,
         )
         self._consumer = consumer
@@ -186,8 +200,11 @@ class Sequencer(Component):
             failed.cancel()
         if self._failure is not None:
             commands.cancel()
-            raise self._failure  # from the rebalance listener, which aiokafka would only log
-        await commands
+            raise self._failure  # from a takeover, which runs outside the command loop
+        try:
+            await commands
+        except InvalidSessionTimeoutError as exc:
+            raise session_refused(self._options.session_timeout_ms) from exc
 
     async def stop(self) -> None:
         if self._untrack_lag is not None:
@@ -195,6 +212,7 @@ class Sequencer(Component):
         for timer in (self._snapshot_timer, self._offsets_timer):
             if timer is not None:
                 timer.cancel()
+        await self._cancel_takeover()
         async with self._lock:
             for writing in self._writing.values():
                 writing.cancel()  # half a snapshot is never read (docs/adr/0007)
@@ -212,19 +230,65 @@ class Sequencer(Component):
     # ---------------------------------------------------------------- ownership
 
     async def assign(self, partitions: set[TopicPartition]) -> None:
-        async with self._lock:
-            for tp in sorted(partitions, key=lambda t: t.partition):
-                if tp.partition not in self._owned:
-                    try:
-                        await self._take_ownership(tp)
-                    except LogTruncated as exc:
-                        log.error("room_events_truncated", partition=tp.partition, error=str(exc))
-                        self._failure = exc
-                        self._failed.set()
-                        return
-        self.joined.set()  # joined the group (possibly with no partition: more members than partitions)
+        """The group's assignment callback: it only pauses the new partitions and starts their takeover.
+
+        aiokafka sends no heartbeats while this callback runs, and the broker expires a member
+        whose callback outlasts the session timeout; the member then rejoins, is given the same
+        partitions and starts the takeover over. A takeover longer than the session (a long replay
+        without a snapshot, a large snapshot) would never end. So the takeovers run in a task of
+        their own, the group keeps hearing from this member, and each partition is resumed once
+        it is owned (fenced, rebuilt, positioned after the last command applied).
+        """
+        await self._cancel_takeover()
+        assert self._consumer is not None
+        new = sorted((tp for tp in partitions if tp.partition not in self._owned), key=lambda t: t.partition)
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in partitions))
+        if not new:
+            self.joined.set()  # joined the group (possibly with no partition: more members than partitions)
+            return
+        self._consumer.pause(*new)
+        self._takeover = asyncio.get_running_loop().create_task(self._take_over(new))
+
+    async def _take_over(self, partitions: Sequence[TopicPartition]) -> None:
+        assert self._consumer is not None
+        for tp in partitions:
+            try:
+                owned = await self._take_ownership_retrying(tp)
+            except LogTruncated as exc:
+                log.error("room_events_truncated", partition=tp.partition, error=str(exc))
+                self._fail(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried already: the component fails, the process exits
+                log.error("partition_takeover_failed", partition=tp.partition, error=repr(exc))
+                self._fail(exc)
+                return
+            try:
+                async with self._lock:
+                    self._own(tp, owned)
+            except BaseException:
+                await self._release(owned)  # revoked before it was installed
+                raise
+            self._consumer.resume(tp)
+        self.joined.set()
+
+    async def _cancel_takeover(self) -> None:
+        """Ends the takeovers still running (a revoke, a new assignment, stop)."""
+        takeover, self._takeover = self._takeover, None
+        if takeover is not None and not takeover.done():
+            takeover.cancel()
+            await asyncio.wait({takeover})
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._failed.set()
+
+    async def _release(self, owned: OwnedPartition) -> None:
+        if owned.producer is not self._plain_producer:
+            with contextlib.suppress(Exception):
+                await owned.producer.stop()
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
+        await self._cancel_takeover()
         async with self._lock:
             for tp in partitions:
                 owned = self._owned.pop(tp.partition, None)
@@ -232,7 +296,25 @@ class Sequencer(Component):
                     await owned.producer.stop()
                 log.info("partition_released", partition=tp.partition)
 
-    async def _take_ownership(self, tp: TopicPartition) -> None:
+    async def _take_ownership_retrying(self, tp: TopicPartition) -> OwnedPartition:
+        """:meth:`_take_ownership`, retried (0.5 s doubling to 5 s) for up to ``RECOVERY_RETRY_FOR_S``
+        while it fails (the broker restarting); a truncated log is not retried."""
+        deadline = time.monotonic() + RECOVERY_RETRY_FOR_S
+        delay = 0.5
+        while True:
+            try:
+                return await self._take_ownership(tp)
+            except LogTruncated:
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("partition_recovery_retry", partition=tp.partition, error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _take_ownership(self, tp: TopicPartition) -> OwnedPartition:
+        """Fences the partition's earlier owners and rebuilds its rooms; :meth:`_own` installs it."""
         started = time.monotonic()
         if self._options.transactional:
             # Starting a producer with this transactional id fences every earlier owner of the
@@ -244,19 +326,24 @@ class Sequencer(Component):
                 max_batch_size=BATCH_BYTES,
                 retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
             )
-            await producer.start()
         else:
             assert self._plain_producer is not None
             producer = self._plain_producer
         owned = OwnedPartition(partition=tp.partition, producer=producer)
         try:
-            await self._rebuild(owned)
-        except BaseException:
             if producer is not self._plain_producer:
-                await producer.stop()  # a failed takeover leaves no transactional producer behind
+                await producer.start()
+            await self._rebuild(owned)
+            committed = await self._committed(tp)
+        except BaseException:
+            await self._release(owned)  # a failed takeover leaves no transactional producer behind
             raise
-        committed = await self._committed(tp)
         owned.next_offset = max(owned.next_offset, committed)
+        owned.recovery_s = time.monotonic() - started
+        return owned
+
+    def _own(self, tp: TopicPartition, owned: OwnedPartition) -> None:
+        """Installs a rebuilt partition (under ``_lock``): its commands resume after the last one applied."""
         assert self._consumer is not None
         self._consumer.seek(tp, owned.next_offset)
         self._owned[tp.partition] = owned
@@ -266,7 +353,7 @@ class Sequencer(Component):
             rooms=len(owned.rooms),
             events_replayed=owned.events_replayed,
             resume_offset=owned.next_offset,
-            recovery_s=round(time.monotonic() - started, 3),
+            recovery_s=round(owned.recovery_s, 3),
         )
         owned.events_since_snapshot = owned.events_replayed
         self.maybe_snapshot(owned)
@@ -415,9 +502,12 @@ class Sequencer(Component):
     def maybe_snapshot(self, owned: OwnedPartition) -> None:
         """Start a snapshot of ``owned`` if one is due and none is being written.
 
-        Called between transactions, where the rooms hold exactly the committed events: encoding
-        the rooms here is the only part that holds up the partition (measured in
-        docs/benchmarks.md); compressing (zlib releases the GIL) and sending run in the background.
+        Called between transactions, where the rooms hold exactly the committed events. The rooms
+        are encoded in a worker thread while the partition's next batch waits for it
+        (``OwnedPartition.encoding``): the only part that holds up the partition (measured in
+        docs/benchmarks.md), and in the thread it holds up neither the event loop's group
+        heartbeats nor the API of the same process. Compressing (zlib releases the GIL) and sending
+        run in the background.
         """
         options = self._options
         if self._snapshots is None or owned.events_since_snapshot == 0:
@@ -430,12 +520,18 @@ class Sequencer(Component):
             and time.monotonic() - owned.snapshot_at < options.snapshot_every_s
         ):
             return
-        started = time.perf_counter()
-        body, rooms = encode_rooms(owned.rooms.values(), options.snapshot_keep_ended_s)
-        encode_s = time.perf_counter() - started
-        taken_at = max((room.last_event_at or 0.0 for room in owned.rooms.values()), default=0.0)
+        rooms = list(owned.rooms.values())
+        keep_ended_s = options.snapshot_keep_ended_s
+
+        def encode() -> tuple[bytes, int, float]:
+            started = time.perf_counter()
+            body, count = encode_rooms(rooms, keep_ended_s)
+            return body, count, time.perf_counter() - started
+
+        loop = asyncio.get_running_loop()
+        encoding = owned.encoding = loop.create_task(asyncio.to_thread(encode))
+        taken_at = max((room.last_event_at or 0.0 for room in rooms), default=0.0)
         snapshot = dict(
-            rooms=rooms,
             partition=owned.partition,
             snapshot_id=owned.snapshot_id,
             next_offset=owned.next_offset,
@@ -445,14 +541,14 @@ class Sequencer(Component):
         owned.snapshot_id += 1
         owned.events_since_snapshot = 0
         owned.snapshot_at = time.monotonic()
-        self._writing[owned.partition] = asyncio.get_running_loop().create_task(
-            self._write_snapshot(body, snapshot, encode_s)
-        )
+        self._writing[owned.partition] = loop.create_task(self._write_snapshot(encoding, snapshot))
 
-    async def _write_snapshot(self, body: bytes, snapshot: dict[str, Any], encode_s: float) -> None:
+    async def _write_snapshot(self, encoding: asyncio.Task[tuple[bytes, int, float]], snapshot: dict[str, Any]) -> None:
         assert self._snapshots is not None
-        started = time.perf_counter()
         try:
+            body, rooms, encode_s = await encoding
+            snapshot["rooms"] = rooms
+            started = time.perf_counter()
             framed = await asyncio.to_thread(lambda: frame(body, **snapshot))
             framed_s = time.perf_counter() - started
             await self._snapshots.write(framed)
@@ -510,24 +606,11 @@ class Sequencer(Component):
         """The in-memory rooms may be ahead of what the log kept: rebuild them from the log."""
         log.exception("sequencer_batch_failed", partition=owned.partition)
         self._owned.pop(owned.partition, None)
-        if owned.producer is not self._plain_producer:
-            with contextlib.suppress(Exception):
-                await owned.producer.stop()
-        # The broker may be down for a while (a restart): retry the takeover until it is back, so a
-        # Kafka restart costs a pause, not the process. Past the bound the component fails and
-        # the process exits for its supervisor to restart.
-        deadline = time.monotonic() + RECOVERY_RETRY_FOR_S
-        delay = 0.5
-        while True:
-            try:
-                await self._take_ownership(tp)
-                return
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("partition_recovery_retry", partition=tp.partition, error=repr(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await self._release(owned)
+        # The broker may be down for a while (a restart): the takeover is retried until it is back,
+        # so a Kafka restart costs a pause, not the process. Past the bound the component fails
+        # and the process exits for its supervisor to restart.
+        self._own(tp, await self._take_ownership_retrying(tp))
 
 
 class _CommandLoop(ConsumerLoop[Command]):
@@ -558,6 +641,9 @@ class _CommandLoop(ConsumerLoop[Command]):
             records = [r for r in records if r.offset >= owned.next_offset]
             if not records:
                 return True
+            if owned.encoding is not None:
+                await asyncio.wait({owned.encoding})  # the snapshot's thread reads these rooms
+                owned.encoding = None
             self._owned = owned
             try:
                 if sequencer._options.transactional:
@@ -640,3 +726,21 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._sequencer.assign(assigned)
+
+
+def session_refused(session_timeout_ms: int) -> Misconfigured:
+    """The broker refused the group's session timeout (``INVALID_SESSION_TIMEOUT``): it lies outside
+    the cluster's ``group.min.session.timeout.ms`` .. ``group.max.session.timeout.ms``. No retry
+    can fix that, so the process exits (code 2) saying which setting to change."""
+    log.error(
+        "sequencer_session_timeout_refused",
+        session_timeout_ms=session_timeout_ms,
+        setting="WAITROOM_TICKETING_SESSION_TIMEOUT_MS",
+        broker_settings="group.min.session.timeout.ms, group.max.session.timeout.ms",
+    )
+    return Misconfigured(
+        f"the Kafka cluster refused the sequencer group's session timeout of {session_timeout_ms} ms "
+        "(INVALID_SESSION_TIMEOUT): set WAITROOM_TICKETING_SESSION_TIMEOUT_MS within the brokers' "
+        "group.min.session.timeout.ms and group.max.session.timeout.ms, or lower the brokers' "
+        "group.min.session.timeout.ms (docs/adr/0007-snapshots-compaction-retention.md)"
+    )

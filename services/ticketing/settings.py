@@ -76,9 +76,11 @@ class TicketingSettings(AwsVwrSettings, BaseSettings):
     #: ended tickets are left out of snapshots this long after they ended (their room's clock);
     #: decoding them is most of a takeover (docs/benchmarks.md, "Failover with snapshots")
     snapshot_keep_ended_s: float = Field(default=600.0, ge=0.0)
-    #: how long the group waits for a silent sequencer before moving its partitions (the
-    #: broker's group.min.session.timeout.ms, 6 s by default, is the floor)
-    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    #: how long the group waits for a silent sequencer before moving its partitions: most of a
+    #: failover (docs/adr/0007). The brokers' group.min.session.timeout.ms is the floor: 6 s in
+    #: Kafka by default, 1 s in the brokers waitroom starts; a cluster that refuses it stops
+    #: ticketing with a message naming both settings
+    session_timeout_ms: int = Field(default=3_000, ge=1_000, le=300_000)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -134,6 +134,10 @@ def test_a_missing_required_value_fails_the_install_with_a_clear_message(missing
         ("ticketing.role", "everything"),
         ("secrets.adminToken", "short"),
         ("kafka.securityProtocol", "TLS"),
+        ("ticketing.sessionTimeoutMs", "500"),
+        ("ticketing.snapshots.everyEvents", "-1"),
+        ("ticketing.snapshots.everySeconds", "0"),
+        ("reaper.snapshots", "sometimes"),
     ],
 )
 def test_the_values_schema_rejects_invalid_values(key: str, value: str) -> None:
@@ -309,6 +313,37 @@ def test_trusted_proxies_fill_the_ticketing_setting_and_are_unset_by_default() -
         "name": "WAITROOM_TICKETING_TRUSTED_PROXIES",
         "value": "10.244.0.0/16,fd00:10::/64",
     }
+
+
+def test_the_session_timeout_and_snapshot_values_reach_the_sequencers_and_the_reaper() -> None:
+    docs = _render()
+    ticketing = _env(_one(docs, "Deployment", "wr-waitroom-ticketing")["spec"]["template"]["spec"]["containers"][0])
+    reaper = _env(_one(docs, "Deployment", "wr-waitroom-reaper")["spec"]["template"]["spec"]["containers"][0])
+    defaults = {
+        "WAITROOM_TICKETING_SESSION_TIMEOUT_MS": "3000",  # the product's default (docs/adr/0007)
+        "WAITROOM_TICKETING_SNAPSHOT_EVERY_EVENTS": "100000",
+        "WAITROOM_TICKETING_SNAPSHOT_EVERY_S": "60",
+        "WAITROOM_TICKETING_SNAPSHOT_KEEP_ENDED_S": "600",
+    }
+    assert {name: ticketing[name]["value"] for name in defaults} == defaults
+    assert reaper["WAITROOM_REAPER_SNAPSHOTS"]["value"] == "true"
+
+    docs = _render(
+        json_values={
+            "ticketing.sessionTimeoutMs": 6000,
+            "ticketing.snapshots": {"everyEvents": 0, "everySeconds": 0.5, "keepEndedSeconds": 0},
+            "reaper.snapshots": False,
+        }
+    )
+    ticketing = _env(_one(docs, "Deployment", "wr-waitroom-ticketing")["spec"]["template"]["spec"]["containers"][0])
+    reaper = _env(_one(docs, "Deployment", "wr-waitroom-reaper")["spec"]["template"]["spec"]["containers"][0])
+    assert {name: ticketing[name]["value"] for name in defaults} == {
+        "WAITROOM_TICKETING_SESSION_TIMEOUT_MS": "6000",
+        "WAITROOM_TICKETING_SNAPSHOT_EVERY_EVENTS": "0",
+        "WAITROOM_TICKETING_SNAPSHOT_EVERY_S": "0.5",
+        "WAITROOM_TICKETING_SNAPSHOT_KEEP_ENDED_S": "0",
+    }
+    assert reaper["WAITROOM_REAPER_SNAPSHOTS"]["value"] == "false"
 
 
 def test_every_pod_is_default_deny_and_allows_only_its_own_traffic() -> None:

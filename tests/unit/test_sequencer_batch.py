@@ -10,6 +10,7 @@ is ignored, and a failing send rebuilds the partition from the log.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,14 +18,17 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import InvalidSessionTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+import waitroom_ticketing.sequencer
 from waitroom_events.base import Message
 from waitroom_events.codec import decode, encode, header
 from waitroom_events.commands import AdmitRequested, JoinRequested, RoomConfigureRequested
 from waitroom_events.events import RoomConfigured, TicketAdmitted, TicketIssued
 from waitroom_events.topics import dlq_name, topic_registry
 from waitroom_platform.kafka import HEADER_SOURCE_OFFSET
+from waitroom_platform.runtime import Misconfigured
 from waitroom_platform.settings import KafkaSettings
 from waitroom_ticketing import sequencer as sequencer_module
 from waitroom_ticketing.sequencer import OFFSETS_EVERY_S, OwnedPartition, Sequencer, SequencerOptions, _CommandLoop
@@ -153,6 +157,21 @@ class FakeProducer:
 class FakeConsumer:
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
     seeks: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    paused: set[TopicPartition] = field(default_factory=set)
+    #: what ``getmany`` raises (an error the group coordinator hands to the user)
+    fetch_error: Exception | None = None
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused.difference_update(partitions)
+
+    async def getmany(self, *args: Any, **kwargs: Any) -> dict[TopicPartition, list[Record]]:
+        if self.fetch_error is not None:
+            raise self.fetch_error
+        await asyncio.sleep(0.01)
+        return {}
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
@@ -167,9 +186,13 @@ class FakeConsumer:
 class LogReplayingSequencer(Sequencer):
     """Rebuilds from what the fake producer's log holds instead of reading room-events from Kafka."""
 
-    def __init__(self, producer: FakeProducer, consumer: FakeConsumer, *, transactional: bool) -> None:
-        super().__init__(KafkaSettings(), TOPICS, SequencerOptions(GROUP, transactional=transactional), lambda: NOW)
+    def __init__(
+        self, producer: FakeProducer, consumer: FakeConsumer, *, transactional: bool, snapshot_every_events: int = 0
+    ) -> None:
+        options = SequencerOptions(GROUP, transactional=transactional, snapshot_every_events=snapshot_every_events)
+        super().__init__(KafkaSettings(), TOPICS, options, lambda: NOW)
         self.producer = producer
+        self.consumer = consumer
         self._consumer = consumer  # type: ignore[assignment]
         if not transactional:
             self._plain_producer = producer  # type: ignore[assignment]
@@ -335,11 +358,11 @@ async def test_a_takeover_that_fails_while_the_broker_is_down_is_retried_until_i
     real = sequencer._take_ownership
     attempts: list[int] = []
 
-    async def broker_down_twice(tp: TopicPartition) -> None:
+    async def broker_down_twice(tp: TopicPartition) -> OwnedPartition:
         attempts.append(tp.partition)
         if len(attempts) <= 2:
             raise ConnectionError("Unable to bootstrap")
-        await real(tp)
+        return await real(tp)
 
     monkeypatch.setattr(sequencer, "_take_ownership", broker_down_twice)
     monkeypatch.setattr("waitroom_ticketing.sequencer.asyncio.sleep", _no_sleep)
@@ -352,3 +375,127 @@ async def test_a_takeover_that_fails_while_the_broker_is_down_is_retried_until_i
 
 async def _no_sleep(_: float) -> None:
     return None
+
+
+class SlowTakeover(LogReplayingSequencer):
+    """A rebuild that waits for ``release``: a takeover as long as the test wants."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeProducer(), FakeConsumer(), transactional=True)
+        self._owned.clear()
+        self.release = asyncio.Event()
+        self.rebuilding = asyncio.Event()
+        self.producers: list[FakeProducer] = []
+
+    async def _take_ownership(self, tp: TopicPartition) -> OwnedPartition:
+        producer = FakeProducer()
+        self.producers.append(producer)
+        owned = OwnedPartition(partition=tp.partition, producer=producer)  # type: ignore[arg-type]
+        try:
+            self.rebuilding.set()
+            await self.release.wait()
+        except BaseException:
+            await self._release(owned)
+            raise
+        owned.next_offset = 7
+        return owned
+
+
+async def test_an_assignment_returns_at_once_and_the_partition_stays_paused_until_its_takeover_owns_it() -> None:
+    # aiokafka sends no heartbeats during the callback: a takeover inside it that outlasted the
+    # session timeout got the member expelled and the takeover started over, for ever.
+    sequencer = SlowTakeover()
+    consumer = sequencer.consumer
+
+    await asyncio.wait_for(sequencer.assign({COMMANDS}), timeout=1)
+    await asyncio.wait_for(sequencer.rebuilding.wait(), timeout=1)
+
+    assert consumer.paused == {COMMANDS}
+    assert 0 not in sequencer._owned
+    assert not sequencer.ready()
+
+    sequencer.release.set()
+    await asyncio.wait_for(sequencer.joined.wait(), timeout=1)
+    assert 0 in sequencer._owned
+    assert consumer.paused == set()
+    assert consumer.seeks == [(COMMANDS, 7)]  # resumes after the last command applied
+
+
+async def test_a_partition_revoked_during_its_takeover_is_never_owned_and_its_producer_is_stopped() -> None:
+    sequencer = SlowTakeover()
+    await sequencer.assign({COMMANDS})
+    await asyncio.wait_for(sequencer.rebuilding.wait(), timeout=1)
+
+    await asyncio.wait_for(sequencer.revoke({COMMANDS}), timeout=1)
+    sequencer.release.set()
+    await asyncio.sleep(0)
+
+    assert 0 not in sequencer._owned
+    assert [producer.stopped for producer in sequencer.producers] == [True]
+    assert sequencer.consumer.seeks == []
+
+
+async def test_a_session_timeout_the_cluster_refuses_ends_the_sequencer_naming_the_setting_to_change() -> None:
+    sequencer, _ = rig(transactional=True)
+    sequencer.consumer.fetch_error = InvalidSessionTimeoutError()
+
+    with pytest.raises(Misconfigured) as refused:
+        await asyncio.wait_for(sequencer.run(), timeout=5)
+
+    message = str(refused.value)
+    assert "WAITROOM_TICKETING_SESSION_TIMEOUT_MS" in message
+    assert "group.min.session.timeout.ms" in message
+    assert "3000 ms" in message  # the default it asked for
+
+
+class RecordingSnapshots:
+    """The snapshots topic, as a list of what was written."""
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+
+    async def write(self, framed: Any) -> None:
+        self.written.append(framed)
+
+
+async def test_no_command_is_decided_while_a_snapshot_encodes_the_rooms_in_its_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sequencer = LogReplayingSequencer(FakeProducer(), FakeConsumer(), transactional=True, snapshot_every_events=1)
+    snapshots = RecordingSnapshots()
+    sequencer._snapshots = snapshots  # type: ignore[assignment]
+    loop = _CommandLoop(sequencer, sequencer.consumer)  # type: ignore[arg-type]
+    encoding = threading.Event()
+    go_on = threading.Event()
+    seen: list[int] = []
+    real_encode = waitroom_ticketing.sequencer.encode_rooms
+
+    def slow_encode(rooms: Any, keep_ended_s: float | None) -> tuple[bytes, int]:
+        encoding.set()
+        go_on.wait(5)
+        rooms = list(rooms)
+        seen.append(rooms[0].last_queue_no)  # what the snapshot holds: the rooms as committed
+        return real_encode(rooms, keep_ended_s)
+
+    monkeypatch.setattr(waitroom_ticketing.sequencer, "encode_rooms", slow_encode)
+    assert await loop.process(COMMANDS, commands(configure(capacity=0), join("a")))
+    await asyncio.to_thread(encoding.wait, 5)  # the event loop is free meanwhile: this await returns
+
+    second = asyncio.create_task(loop.process(COMMANDS, commands(join("b"), first_offset=2)))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # waits for the encoding
+    assert sequencer._owned[0].rooms["r"].last_queue_no == 1
+
+    go_on.set()
+    assert await asyncio.wait_for(second, timeout=5)
+    assert seen == [1]
+    assert sequencer._owned[0].rooms["r"].last_queue_no == 2
+    await eventually_written(snapshots)
+
+
+async def eventually_written(snapshots: RecordingSnapshots) -> None:
+    for _ in range(200):
+        if snapshots.written:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no snapshot was written")
