@@ -35,8 +35,17 @@ class JoinRefused(Exception):
 class ReadModel(TailedView):
     name = "read-model"
 
-    def __init__(self, kafka: KafkaSettings, topic: str, snapshots: SnapshotStore | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        snapshots: SnapshotStore | None = None,
+        keep_ended_s: float | None = None,
+    ) -> None:
         self.rooms: dict[str, RoomState] = {}
+        #: a ticket ended longer ago than this (its room's clock) is forgotten but for a tombstone
+        #: that still answers 410 (docs/adr/0008-columnar-room-state.md); None: kept for good
+        self._keep_ended_s = keep_ended_s
         self._snapshots = snapshots
         #: per partition: events of commands before this offset are in the snapshot loaded
         self._replay_from: dict[int, int] = {}
@@ -61,6 +70,8 @@ class ReadModel(TailedView):
         starts: dict[int, int] = {}
         for partition, result in zip(partitions, found, strict=True):
             if result.loaded is not None:
+                for room in result.loaded.rooms.values():
+                    room.keep_ended_s = self._keep_ended_s
                 self.rooms.update(result.loaded.rooms)
                 starts[partition] = result.loaded.manifest.events_offset
                 self._replay_from[partition] = result.loaded.manifest.next_offset
@@ -85,7 +96,7 @@ class ReadModel(TailedView):
                 continue
             room = self.rooms.get(event.room_id)
             if room is None:
-                room = self.rooms[event.room_id] = RoomState(event.room_id)
+                room = self.rooms[event.room_id] = RoomState(event.room_id, self._keep_ended_s)
             evolve(room, event)
             self.events_applied += 1
             if not room.exists:
@@ -124,7 +135,7 @@ class ReadModel(TailedView):
         room = self.room(room_id)
         if room is None:
             return None
-        ticket = room.tickets.get(ticket_id)
+        ticket = room.find(ticket_id)  # a forgotten ticket too, as ended: 410, not "being sequenced"
         return None if ticket is None else (room, ticket)
 
     async def wait_for_ticket(self, room_id: str, ticket_id: str, timeout: float) -> Ticket | None:
