@@ -71,6 +71,8 @@ _M64 = (1 << 64) - 1
 _MAX_FILL = 0.6
 _LITTLE = sys.byteorder == "little"
 _WAITING_FLAGS = bytes([1] + [0] * 255)
+#: tombstones are never deleted: 4-byte unsigned slots (a room may forget 4 billion tickets)
+_TOMB_SLOTS = "I"
 
 
 def canonical_raw(ticket_id: str) -> bytes | None:
@@ -106,11 +108,12 @@ class _Index:
 
     __slots__ = ("filled", "mask", "shift", "slots", "used")
 
-    def __init__(self, entries: int = 0) -> None:
+    def __init__(self, entries: int = 0, typecode: str = "q") -> None:
         bits = 4
         while (1 << bits) * _MAX_FILL < entries * 2 + 8:
             bits += 1
-        self.slots = array("q", bytes(8 << bits))
+        self.slots = array(typecode)
+        self.slots.frombytes(bytes(self.slots.itemsize << bits))
         self.mask = (1 << bits) - 1
         self.shift = 64 - bits
         self.used = 0  # rows held
@@ -156,8 +159,8 @@ class _Index:
             i = (i + 1) & mask
 
 
-def _rebuilt(entries: Iterable[tuple[int, int]], count: int) -> _Index:
-    index = _Index(count)
+def _rebuilt(entries: Iterable[tuple[int, int]], count: int, typecode: str = "q") -> _Index:
+    index = _Index(count, typecode)
     slots, mask, shift = index.slots, index.mask, index.shift
     n = 0
     for h, row in entries:
@@ -213,7 +216,7 @@ class TicketTable(Mapping[str, Ticket]):
         self._held: dict[int, Ticket] = {}  # queue_no <= base, still kept: admitted or ended lately
         self._t_ids = bytearray()  # tombstones: raw ids ...
         self._t_nos: array[int] = array("q")  # ... and queue numbers, negative for "left"
-        self._t_index = _Index()
+        self._t_index = _Index(0, _TOMB_SLOTS)
         self._t_odd: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------ Mapping
@@ -441,6 +444,8 @@ class TicketTable(Mapping[str, Ticket]):
         del ended[:moved]
         del self._ids[: moved * ID_BYTES]
         self._base = base + moved
+        if self._index.used * 8 < len(self._index.slots):  # mostly deleted slots: a smaller one
+            self._rebuild_index()
         return forgotten
 
     def _bury(self, ticket_id: str, raw: bytes | None, queue_no: int, code: int) -> None:
@@ -453,7 +458,8 @@ class TicketTable(Mapping[str, Ticket]):
         self._index.remove(h, queue_no)
         if self._t_index.full():
             hashes = _hashes(self._t_ids)
-            self._t_index = _rebuilt(zip(hashes, range(1, len(hashes) + 1), strict=True), len(hashes) + 1)
+            rows = range(1, len(hashes) + 1)
+            self._t_index = _rebuilt(zip(hashes, rows, strict=True), len(hashes) + 1, _TOMB_SLOTS)
         self._t_ids += raw
         self._t_nos.append(signed)
         self._t_index.insert(h, len(self._t_nos))

@@ -90,6 +90,7 @@ class ReadModel(TailedView):
 
     def apply(self, events: Sequence[RoomEvent]) -> None:
         """Fold events read from the log, in log order; wakes the calls waiting on them."""
+        issued: list[tuple[RoomState, str]] = []
         for event in events:
             if isinstance(event, JoinRejected):
                 self._resolve(event.ticket_id, error=JoinRefused(event.reason))
@@ -101,8 +102,12 @@ class ReadModel(TailedView):
             self.events_applied += 1
             if not room.exists:
                 del self.rooms[event.room_id]  # archived
-            if isinstance(event, TicketIssued):
-                self._resolve(event.ticket_id, ticket=room.tickets.get(event.ticket_id))
+            if isinstance(event, TicketIssued) and event.ticket_id in self._ticket_waiters:
+                issued.append((room, event.ticket_id))
+        # once the batch is folded: a ticket is a view of its row, and an admission in the same
+        # batch (a free slot) must show in the join's answer
+        for room, ticket_id in issued:
+            self._resolve(ticket_id, ticket=room.tickets.get(ticket_id))
         if events:
             asyncio.get_running_loop().create_task(self._notify())
             for listener in self._listeners:

@@ -482,3 +482,15 @@ async def test_a_forgotten_ticket_still_answers_410_to_status_heartbeat_and_a_re
     assert [r.status_code for r in (status, beat, replay, leave)] == [410, 410, 410, 204]
     assert {r.json()["error"] for r in (status, beat, replay)} == {"ticket_left"}
     assert len(api.log.published) == published, "a forgotten ticket publishes no join, heartbeat or leave"
+
+
+async def test_a_join_into_a_free_slot_answers_admitted_with_an_entry_token(api: Any) -> None:
+    # TicketIssued and TicketAdmitted come in one batch: the answer shows the ticket after both
+    await _room(api, capacity=1)
+    api.log.lag_s = 0.02  # the join waits on the read model for its ticket
+    first = await api.http.post("/v1/rooms/r1/tickets")
+    second = await api.http.post("/v1/rooms/r1/tickets")
+
+    assert first.status_code == second.status_code == 201
+    assert first.json()["state"] == "admitted" and first.json()["entry_token"]
+    assert second.json()["state"] == "waiting" and second.json()["position"] == 0
