@@ -2,13 +2,14 @@
 
 Positions in a room are "how many live waiting tickets have a smaller queue number"; with one
 count per queue number that is a prefix sum, answered here in O(log n) however long the queue.
-The tree is one ``array('q')`` (8 bytes per index, no Python object per node); the counts
-themselves are not kept, growing derives the new nodes from the old ones.
+The tree is one list (8 bytes per index: a node sums at most lowbit(i) counts, so all but one in
+256 nodes hold a small int that Python shares; a list reads and writes faster than an
+``array('q')``, which boxes every item); the counts themselves are not kept, growing derives the
+new nodes from the old ones.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterable
 
 
@@ -16,13 +17,13 @@ class Fenwick:
     __slots__ = ("_tree",)
 
     def __init__(self, size: int = 1024) -> None:
-        self._tree = array("q", bytes(8 * (size + 1)))
+        self._tree = [0] * (size + 1)
 
     @classmethod
     def from_counts(cls, counts: Iterable[int]) -> Fenwick:
         """A tree over ``counts[1:]`` (index 0 unused), built in one linear pass."""
         tree = cls(0)
-        built = array("q", counts)
+        built = list(counts)
         if not built:
             built.append(0)
         size = len(built) - 1
@@ -69,7 +70,7 @@ class Fenwick:
             size *= 2
         total = self.prefix(old)
         upto = [(i, self.prefix(i - (i & -i))) for i in _update_path(old, size)]
-        self._tree.extend(array("q", bytes(8 * (size - old))))
+        self._tree.extend([0] * (size - old))
         for i, before in upto:
             self._tree[i] = total - before
 

@@ -33,6 +33,7 @@ from array import array
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 
@@ -73,6 +74,14 @@ _LITTLE = sys.byteorder == "little"
 _WAITING_FLAGS = bytes([1] + [0] * 255)
 #: tombstones are never deleted: 4-byte unsigned slots (a room may forget 4 billion tickets)
 _TOMB_SLOTS = "I"
+
+
+@lru_cache(maxsize=1024)
+def _key(ticket_id: str) -> tuple[bytes | None, int]:
+    """:func:`canonical_raw` and :func:`id_hash` of an id, remembered for the few ids in flight:
+    deciding and folding one command look its id up several times."""
+    raw = canonical_raw(ticket_id)
+    return raw, 0 if raw is None else id_hash(raw)
 
 
 def canonical_raw(ticket_id: str) -> bytes | None:
@@ -242,7 +251,10 @@ class TicketTable(Mapping[str, Ticket]):
 
     def get(self, ticket_id: str, default: Any = None) -> Any:
         queue_no = self.queue_no_of(ticket_id)
-        return default if queue_no is None else self.at(queue_no)
+        if queue_no is None:
+            return default
+        row = queue_no - self._base - 1
+        return self._held[queue_no] if row < 0 else self._row(row, ticket_id)
 
     def values(self) -> ValuesView[Ticket]:
         return _Values(self)
@@ -271,11 +283,25 @@ class TicketTable(Mapping[str, Ticket]):
 
     def queue_no_of(self, ticket_id: str) -> int | None:
         """The queue number of a kept ticket (live or ended, not forgotten)."""
-        raw = canonical_raw(ticket_id)
+        raw, h = _key(ticket_id)
         if raw is None:
             return self._odd_nos.get(ticket_id)
-        found = self._index.find(id_hash(raw), lambda q: self._same(q, raw, ticket_id))
-        return found or None
+        # the index's probe, inlined: this is every command's and every status call's lookup
+        index = self._index
+        slots, mask, ids, base = index.slots, index.mask, self._ids, self._base
+        i = ((h * _GOLDEN) & _M64) >> index.shift
+        while True:
+            queue_no = slots[i]
+            if queue_no == _EMPTY:
+                return None
+            if queue_no > 0:
+                at = (queue_no - base - 1) * ID_BYTES
+                if at >= 0:
+                    if ids[at : at + ID_BYTES] == raw:
+                        return queue_no
+                elif self._held[queue_no].ticket_id == ticket_id:
+                    return queue_no
+            i = (i + 1) & mask
 
     def _same(self, queue_no: int, raw: bytes, ticket_id: str) -> bool:
         row = queue_no - self._base - 1
@@ -292,9 +318,9 @@ class TicketTable(Mapping[str, Ticket]):
             return None
         return self._row(row)
 
-    def _row(self, row: int) -> Ticket:
+    def _row(self, row: int, ticket_id: str | None = None) -> Ticket:
         return Ticket(
-            self._row_id(row),
+            self._row_id(row) if ticket_id is None else ticket_id,
             self._base + row + 1,
             STATES[self._states[row]],
             self._issued[row],
@@ -336,7 +362,9 @@ class TicketTable(Mapping[str, Ticket]):
 
     def forgotten(self, ticket_id: str) -> Ticket | None:
         """A forgotten ticket as its tombstone's view (state and queue number, no times)."""
-        raw = canonical_raw(ticket_id)
+        if not self._t_nos and not self._t_odd:
+            return None
+        raw, h = _key(ticket_id)
         if raw is None:
             signed = self._t_odd.get(ticket_id)
         else:
@@ -346,7 +374,7 @@ class TicketTable(Mapping[str, Ticket]):
                 at = (row - 1) * ID_BYTES
                 return t_ids[at : at + ID_BYTES] == raw
 
-            row = self._t_index.find(id_hash(raw), same)
+            row = self._t_index.find(h, same)
             signed = self._t_nos[row - 1] if row else None
         if signed is None:
             return None
@@ -358,12 +386,11 @@ class TicketTable(Mapping[str, Ticket]):
     def issue(self, ticket_id: str, queue_no: int, at: float) -> bool:
         """Append ``queue_no`` (= last + 1, the caller checks) unless the id is kept or forgotten
         already; whether it did."""
-        raw = canonical_raw(ticket_id)
+        raw, h = _key(ticket_id)
         if raw is None:
             if ticket_id in self._odd_nos or ticket_id in self._t_odd:
                 return False
         else:
-            h = id_hash(raw)
             if self._index.find(h, lambda q: self._same(q, raw, ticket_id)):
                 return False
             if self._t_nos and self.forgotten(ticket_id) is not None:
@@ -413,12 +440,14 @@ class TicketTable(Mapping[str, Ticket]):
                 forgotten += 1
         states, ended = self._states, self._ended
         rows = min(upto - self._base, len(states))
-        moved = 0
-        while moved < rows:
-            code = states[moved]
-            if code == WAITING or (code != ADMITTED and not ended[moved] < cutoff):
+        moved = scanned = 0
+        while scanned < rows:
+            code = states[scanned]
+            if code == WAITING or (code != ADMITTED and not ended[scanned] < cutoff):
                 break  # an ended ticket kept a while yet: the rows behind it stay too
-            moved += 1
+            scanned += 1
+            if code != ADMITTED:
+                moved = scanned  # admitted rows go to ``held`` only to free forgotten ones behind them
         if not moved:
             return forgotten
         base = self._base

@@ -147,3 +147,21 @@ def test_forgetting_keeps_admitted_tickets_and_frees_the_rows_of_the_ended_ones(
     # a retried join of a forgotten ticket makes no second ticket
     assert decide(room, JoinRequested(room_id=ROOM, ticket_id=ids[100], requested_at=0.0), 3_000.0) == []
     assert decide(room, LeaveRequested(room_id=ROOM, ticket_id=ids[100], requested_at=0.0), 3_000.0) == []
+
+
+def test_in_a_steady_flow_only_the_admitted_tickets_older_than_a_forgotten_one_leave_the_columns() -> None:
+    room = RoomState(ROOM, keep_ended_s=5.0)
+    for event in decide(room, RoomConfigureRequested(room_id=ROOM, requested_at=0.0, capacity=100), 0.0):
+        evolve(room, event)
+    ids = [_id(n, odd=False) for n in range(1, 20_001)]
+    for n, ticket_id in enumerate(ids):  # one join per 10 ms; each visitor stays one second
+        now = n / 100
+        for event in decide(room, JoinRequested(room_id=ROOM, ticket_id=ticket_id, requested_at=0.0), now):
+            evolve(room, event)
+        if n >= 100:
+            for event in decide(room, LeaveRequested(room_id=ROOM, ticket_id=ids[n - 100], requested_at=0.0), now):
+                evolve(room, event)
+
+    assert room.active == 100 and room.tickets.forgotten_count > 19_000
+    assert len(room.tickets._held) == 0, "the admitted tail stays in the columns"
+    assert len(room.tickets) <= 100 + 5 * 100 + 200  # live + ended within 5 s + one sweep's slack
