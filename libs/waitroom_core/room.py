@@ -4,7 +4,8 @@ The sequencer that owns a room runs ``decide`` on each command in log order and 
 every reader (sequencer after a restart, the API's read model, tests) folds the same events with
 ``evolve``. ``decide`` never changes the state it is given. ``evolve`` changes it in place and
 returns it: a room may hold a million tickets, and copying that per event would make the log
-unreplayable in practice (see docs/adr/0002-room-state-in-place.md).
+unreplayable in practice (see docs/adr/0002-room-state-in-place.md). The tickets are columns, a
+few bytes each (:mod:`waitroom_core.tickets`, docs/adr/0008-columnar-room-state.md).
 
 Invariant after every event batch: a room that is not paused has either no waiting tickets or no
 free slot. So admission is always of the oldest live waiting tickets, in ``queue_no`` order.
@@ -12,12 +13,13 @@ free slot. So admission is always of the oldest live waiting tickets, in ``queue
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from urllib.parse import urlsplit
 
 from waitroom_core.fenwick import Fenwick
+from waitroom_core.tickets import ADMITTED, EXPIRED, LEFT, WAITING, Ticket, TicketState, TicketTable
 from waitroom_events.commands import (
     AdmitRequested,
     Command,
@@ -64,17 +66,6 @@ class InvalidCommand(ValueError):
     """A command no room could accept (a negative capacity, say). The sequencer dead-letters it."""
 
 
-class TicketState(StrEnum):
-    WAITING = "waiting"
-    ADMITTED = "admitted"
-    EXPIRED = "expired"
-    LEFT = "left"
-
-    @property
-    def live(self) -> bool:
-        return self in (TicketState.WAITING, TicketState.ADMITTED)
-
-
 @dataclass(frozen=True, slots=True)
 class RoomConfig:
     capacity: int
@@ -86,44 +77,44 @@ class RoomConfig:
     branding: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(slots=True)
-class Ticket:
-    ticket_id: str
-    queue_no: int
-    state: TicketState
-    issued_at: float
-    admitted_at: float | None = None
-    ended_at: float | None = None
-
-
 class RoomState:
-    """One room as the fold of its events. Mutated only by :func:`evolve`."""
+    """One room as the fold of its events. Mutated only by :func:`evolve`.
+
+    ``keep_ended_s`` (``None``: keep every ticket) is how long, on the room's own clock (its newest
+    event), a ticket that ended stays a full ticket of ``tickets``; after that ``evolve`` forgets
+    it, and only :meth:`find` still knows it ended (a tombstone). Decisions do not depend on it.
+    """
 
     __slots__ = (
         "room_id",
         "config",
         "last_queue_no",
         "tickets",
-        "_by_queue",
         "_waiting_index",
+        "_fenwick_base",
         "active",
         "waiting",
         "_cursor",
         "last_event_at",
+        "keep_ended_s",
+        "_forget_at",
     )
 
-    def __init__(self, room_id: str) -> None:
+    def __init__(self, room_id: str, keep_ended_s: float | None = None) -> None:
         self.room_id = room_id
         self.config: RoomConfig | None = None
         self.last_queue_no = 0
-        self.tickets: dict[str, Ticket] = {}
-        self._by_queue: list[str] = [""]  # index = queue_no; slot 0 unused
+        self.tickets = TicketTable()
+        # counts of live waiting tickets by queue number, index = queue_no - _fenwick_base
         self._waiting_index = Fenwick()
+        self._fenwick_base = 0
         self.active = 0
         self.waiting = 0
         # Every ticket with queue_no <= _cursor is no longer waiting: admission scans from here.
         self._cursor = 0
         self.last_event_at: float | None = None
+        self.keep_ended_s = keep_ended_s
+        self._forget_at = -math.inf
 
     @property
     def exists(self) -> bool:
@@ -133,21 +124,26 @@ class RoomState:
         """Live waiting tickets ahead of this one; 0 once admitted. O(log n)."""
         if ticket.state is not TicketState.WAITING:
             return 0
-        return self._waiting_index.prefix(ticket.queue_no - 1)
+        return self._waiting_index.prefix(ticket.queue_no - 1 - self._fenwick_base)
 
     def waiting_in_order(self) -> Iterator[Ticket]:
         """Live waiting tickets, oldest first."""
-        tickets = self.tickets
-        by_queue = self._by_queue
-        for queue_no in range(self._cursor + 1, self.last_queue_no + 1):
-            ticket = tickets[by_queue[queue_no]]
-            if ticket.state is TicketState.WAITING:
-                yield ticket
+        return self.tickets.waiting_from(self._cursor + 1)
 
     def ticket_by_queue_no(self, queue_no: int) -> Ticket | None:
+        """The kept ticket of ``queue_no`` (``None``: not issued, or forgotten)."""
         if 1 <= queue_no <= self.last_queue_no:
-            return self.tickets[self._by_queue[queue_no]]
+            return self.tickets.at(queue_no)
         return None
+
+    def find(self, ticket_id: str) -> Ticket | None:
+        """The ticket, kept or forgotten (then a tombstone's view: state and queue number, NaN
+        times); ``None`` if this room never issued it."""
+        return self.tickets.get(ticket_id) or self.tickets.forgotten(ticket_id)
+
+    def knows(self, ticket_id: str) -> bool:
+        """Whether this room issued ``ticket_id``, forgotten or not."""
+        return ticket_id in self.tickets or self.tickets.forgotten(ticket_id) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,8 +174,8 @@ def _decide_join(state: RoomState, command: JoinRequested, now: float) -> list[R
     config = state.config
     if config is None:
         return [JoinRejected(room_id=state.room_id, ticket_id=command.ticket_id, at=now, reason="unknown_room")]
-    if command.ticket_id in state.tickets:
-        return []  # a retried join: the ticket exists already
+    if state.knows(command.ticket_id):
+        return []  # a retried join: the ticket exists already (or ended and was forgotten)
     queue_no = state.last_queue_no + 1
     events: list[RoomEvent] = [
         TicketIssued(room_id=state.room_id, ticket_id=command.ticket_id, queue_no=queue_no, at=now)
@@ -369,56 +365,66 @@ def evolve(state: RoomState, event: RoomEvent) -> RoomState:
                 branding=_branding(event.branding or {}),
             )
         case TicketIssued():
-            if event.ticket_id in state.tickets or event.queue_no != state.last_queue_no + 1:
+            if event.queue_no != state.last_queue_no + 1:
                 return state
+            if not state.tickets.issue(event.ticket_id, event.queue_no, event.at):
+                return state  # issued before (kept or forgotten)
             state.last_queue_no = event.queue_no
-            state.tickets[event.ticket_id] = Ticket(
-                ticket_id=event.ticket_id, queue_no=event.queue_no, state=TicketState.WAITING, issued_at=event.at
-            )
-            state._by_queue.append(event.ticket_id)
-            state._waiting_index.add(event.queue_no, 1)
+            state._waiting_index.add(event.queue_no - state._fenwick_base, 1)
             state.waiting += 1
         case TicketAdmitted():
-            ticket = state.tickets.get(event.ticket_id)
-            if ticket is None or ticket.state is not TicketState.WAITING:
+            queue_no = state.tickets.queue_no_of(event.ticket_id)
+            if queue_no is None or state.tickets.state_code(queue_no) != WAITING:
                 return state
-            _leave_waiting(state, ticket)
-            ticket.state = TicketState.ADMITTED
-            ticket.admitted_at = event.at
+            _leave_waiting(state, queue_no)
+            state.tickets.admit(queue_no, event.at)
             state.active += 1
         case TicketLeft() | TicketExpired():
-            ticket = state.tickets.get(event.ticket_id)
-            if ticket is None or not ticket.state.live:
+            queue_no = state.tickets.queue_no_of(event.ticket_id)
+            if queue_no is None:
                 return state
-            if ticket.state is TicketState.WAITING:
-                _leave_waiting(state, ticket)
-            else:
+            code = state.tickets.state_code(queue_no)
+            if code == WAITING:
+                _leave_waiting(state, queue_no)
+            elif code == ADMITTED:
                 state.active -= 1
-            ticket.state = TicketState.LEFT if isinstance(event, TicketLeft) else TicketState.EXPIRED
-            ticket.ended_at = event.at
+            else:
+                return state  # ended already
+            state.tickets.end(queue_no, LEFT if isinstance(event, TicketLeft) else EXPIRED, event.at)
         case JoinRejected():
             pass
         case RoomArchived():
-            RoomState.__init__(state, state.room_id)  # as if never created: every reader drops it
+            RoomState.__init__(state, state.room_id, state.keep_ended_s)  # as if never created: readers drop it
             return state
     state.last_event_at = event.at
     _advance_cursor(state)
+    if state.keep_ended_s is not None and event.at >= state._forget_at:
+        forget_ended(state, event.at - state.keep_ended_s)
+        state._forget_at = event.at + max(1.0, state.keep_ended_s / 8)
     return state
 
 
-def _leave_waiting(state: RoomState, ticket: Ticket) -> None:
-    state._waiting_index.add(ticket.queue_no, -1)
+def _leave_waiting(state: RoomState, queue_no: int) -> None:
+    state._waiting_index.add(queue_no - state._fenwick_base, -1)
     state.waiting -= 1
 
 
 def _advance_cursor(state: RoomState) -> None:
-    tickets = state.tickets
-    by_queue = state._by_queue
-    cursor = state._cursor
-    last = state.last_queue_no
-    while cursor < last and tickets[by_queue[cursor + 1]].state is not TicketState.WAITING:
-        cursor += 1
-    state._cursor = cursor
+    state._cursor = state.tickets.first_waiting(state._cursor + 1, state.last_queue_no) - 1
+
+
+def forget_ended(state: RoomState, cutoff: float) -> int:
+    """Forget the room's tickets that ended before ``cutoff`` (see :class:`RoomState`); how many.
+
+    Only numbers at or below the admission cursor go, so no scan of the line needs them.
+    """
+    forgotten = state.tickets.forget_ended(cutoff, state._cursor)
+    base = state.tickets.base
+    if base - state._fenwick_base > max(1024, state.last_queue_no - base):
+        # the tree's counts below the rows are all 0 (nothing waits there): start it at the rows
+        state._waiting_index = Fenwick.from_counts(state.tickets.waiting_counts())
+        state._fenwick_base = base
+    return forgotten
 
 
 def apply_all(state: RoomState, events: list[RoomEvent]) -> RoomState:

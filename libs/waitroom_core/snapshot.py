@@ -39,11 +39,11 @@ import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
 from waitroom_core.fenwick import Fenwick
-from waitroom_core.room import RoomConfig, RoomState, Ticket, TicketState
+from waitroom_core.room import RoomConfig, RoomState
+from waitroom_core.tickets import STATES, Columns, export_columns, restore_table
 
 VERSION = 1
 MANIFEST_MAGIC = b"WRSM"
@@ -57,16 +57,8 @@ _U32 = struct.Struct("<I")
 _CONFIG = struct.Struct("<IddB")
 _ROOM = struct.Struct("<QQIId")
 _NO_STR = 0xFFFF
-_STATES = (TicketState.WAITING, TicketState.ADMITTED, TicketState.EXPIRED, TicketState.LEFT)
-_STATE_CODE = {state: code for code, state in enumerate(_STATES)}
 _NAN = math.nan
 _WAITING, _ADMITTED = 0, 1
-_TICKET_ID = attrgetter("ticket_id")
-_QUEUE_NO = attrgetter("queue_no")
-_STATE = attrgetter("state")
-_ISSUED_AT = attrgetter("issued_at")
-_ADMITTED_AT = attrgetter("admitted_at")
-_ENDED_AT = attrgetter("ended_at")
 
 
 class SnapshotError(ValueError):
@@ -159,22 +151,13 @@ def _encode_room(room: RoomState, keep_ended_s: float | None) -> bytes:
             _NAN if room.last_event_at is None else room.last_event_at,
         ),
     ]
-    kept: Iterable[Ticket] = room.tickets.values()
-    if keep_ended_s is not None and room.last_event_at is not None:
-        cutoff = room.last_event_at - keep_ended_s
-        cursor = room._cursor
-        kept = [t for t in kept if t.ended_at is None or t.ended_at >= cutoff or t.queue_no > cursor]
-    else:
-        kept = list(kept)
-    # One pass per column, each in C (map/attrgetter): this runs in the sequencer's event loop.
-    ids = "\x00".join(map(_TICKET_ID, kept)).encode()
-    if ids.count(0) != max(0, len(kept) - 1):
+    # Straight from the room's columns (waitroom_core.tickets): no Ticket object per ticket.
+    cutoff = None if keep_ended_s is None or room.last_event_at is None else room.last_event_at - keep_ended_s
+    columns = export_columns(room.tickets, cutoff, room._cursor)
+    if columns.ids.count(0) != max(0, len(columns.queue_nos) - 1):
         raise ValueError("a ticket id of a snapshot may not hold a NUL character")
-    queue_nos = array("Q", map(_QUEUE_NO, kept))
-    states = bytes(map(_STATE_CODE.__getitem__, map(_STATE, kept)))
-    issued = array("d", map(_ISSUED_AT, kept))
-    admitted = array("d", [_NAN if at is None else at for at in map(_ADMITTED_AT, kept)])
-    ended = array("d", [_NAN if at is None else at for at in map(_ENDED_AT, kept)])
+    queue_nos, states, ids = columns.queue_nos, columns.codes, columns.ids
+    issued, admitted, ended = columns.issued, columns.admitted, columns.ended
     _little(queue_nos, issued, admitted, ended)
     out += [
         _U32.pack(len(queue_nos)),
@@ -286,19 +269,14 @@ def _decode_room(reader: _Reader) -> RoomState:
     queue_nos = reader.array("Q", n)
     codes = reader.take(n)
     issued = reader.array("d", n)
-    admitted = [None if at != at else at for at in reader.array("d", n)]  # noqa: PLR0124 - NaN is none
-    ended = [None if at != at else at for at in reader.array("d", n)]  # noqa: PLR0124 - NaN is none
+    admitted = reader.array("d", n)
+    ended = reader.array("d", n)
     raw_ids = reader.take(reader.unpack(_U32)[0])
-    ids = raw_ids.decode().split("\x00") if n else []
-    if len(ids) != n or max(codes, default=0) >= len(_STATES):
+    if max(codes, default=0) >= len(STATES):
         raise SnapshotError(f"room {room_id!r}: its ticket columns do not match")
     # Whole-column checks instead of per-ticket ones: decoding is on the failover's critical path.
     if n and (min(queue_nos) < 1 or max(queue_nos) > last_queue_no or len(set(queue_nos)) != n):
         raise SnapshotError(f"room {room_id!r}: ticket numbers out of place")
-    states = list(map(_STATES.__getitem__, codes))
-    tickets = dict(zip(ids, map(Ticket, ids, queue_nos, states, issued, admitted, ended), strict=True))
-    if len(tickets) != n:
-        raise SnapshotError(f"room {room_id!r}: a ticket id appears twice")
     waiting_nos = [q for q, code in zip(queue_nos, codes, strict=True) if code == _WAITING]
     if (codes.count(_ADMITTED), len(waiting_nos)) != (active, waiting) or cursor > last_queue_no:
         raise SnapshotError(f"room {room_id!r}: counters do not match its tickets")
@@ -306,20 +284,18 @@ def _decode_room(reader: _Reader) -> RoomState:
         raise SnapshotError(f"room {room_id!r}: a waiting ticket behind the cursor")
     if sum(1 for q in queue_nos if q > cursor) != last_queue_no - cursor:
         raise SnapshotError(f"room {room_id!r}: a ticket after the cursor is missing")
-    by_queue = [""] * (last_queue_no + 1)
-    for queue_no, ticket_id in zip(queue_nos, ids, strict=True):
-        by_queue[queue_no] = ticket_id
-    counts = [0] * (last_queue_no + 1)
-    for queue_no in waiting_nos:
-        counts[queue_no] = 1
+    try:
+        table = restore_table(Columns(queue_nos, codes, issued, admitted, ended, raw_ids), last_queue_no)
+    except ValueError as exc:
+        raise SnapshotError(f"room {room_id!r}: {exc}") from None
     room.last_queue_no = last_queue_no
     room._cursor = cursor
     room.active = active
     room.waiting = waiting
     room.last_event_at = _none_if_nan(last_event_at)
-    room.tickets = tickets
-    room._by_queue = by_queue
-    room._waiting_index = Fenwick.from_counts(counts)
+    room.tickets = table
+    room._waiting_index = Fenwick.from_counts(table.waiting_counts())
+    room._fenwick_base = table.base
     return room
 
 

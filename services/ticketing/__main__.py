@@ -175,7 +175,7 @@ def build(settings: TicketingSettings) -> list[Component]:
         # aiokafka keeps one request in flight per broker and the next takes whatever queued meanwhile
         producer = ProducerComponent(make_producer(settings.kafka, linger_ms=0))
         snapshots = SnapshotStore(settings.kafka, topics.snapshots.name) if settings.snapshot_every_events else None
-        read_model = ReadModel(settings.kafka, topics.room_events.name, snapshots)
+        read_model = ReadModel(settings.kafka, topics.room_events.name, snapshots, settings.snapshot_keep_ended_s)
         register_room_gauges(room_depths(read_model))
         stats_view = StatsView(settings.kafka, topics.room_stats.name)
         assert settings.admin_token is not None and settings.ticket_secret is not None

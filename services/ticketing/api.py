@@ -456,7 +456,7 @@ async def join(
     ticket_id = svc.tickets.ticket_id_for_key(room_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
     _tag(room_id, ticket_id)
     ticket_token = svc.tickets.token_for(room_id, ticket_id)
-    existing = room.tickets.get(ticket_id)
+    existing = room.find(ticket_id)  # kept or forgotten (a tombstone: ended)
     if existing is not None:
         if not existing.state.live:
             raise _ended(existing)  # the key is spent with its ticket: a replay returns no token

@@ -35,8 +35,17 @@ class JoinRefused(Exception):
 class ReadModel(TailedView):
     name = "read-model"
 
-    def __init__(self, kafka: KafkaSettings, topic: str, snapshots: SnapshotStore | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        snapshots: SnapshotStore | None = None,
+        keep_ended_s: float | None = None,
+    ) -> None:
         self.rooms: dict[str, RoomState] = {}
+        #: a ticket ended longer ago than this (its room's clock) is forgotten but for a tombstone
+        #: that still answers 410 (docs/adr/0008-columnar-room-state.md); None: kept for good
+        self._keep_ended_s = keep_ended_s
         self._snapshots = snapshots
         #: per partition: events of commands before this offset are in the snapshot loaded
         self._replay_from: dict[int, int] = {}
@@ -61,6 +70,8 @@ class ReadModel(TailedView):
         starts: dict[int, int] = {}
         for partition, result in zip(partitions, found, strict=True):
             if result.loaded is not None:
+                for room in result.loaded.rooms.values():
+                    room.keep_ended_s = self._keep_ended_s
                 self.rooms.update(result.loaded.rooms)
                 starts[partition] = result.loaded.manifest.events_offset
                 self._replay_from[partition] = result.loaded.manifest.next_offset
@@ -79,19 +90,24 @@ class ReadModel(TailedView):
 
     def apply(self, events: Sequence[RoomEvent]) -> None:
         """Fold events read from the log, in log order; wakes the calls waiting on them."""
+        issued: list[tuple[RoomState, str]] = []
         for event in events:
             if isinstance(event, JoinRejected):
                 self._resolve(event.ticket_id, error=JoinRefused(event.reason))
                 continue
             room = self.rooms.get(event.room_id)
             if room is None:
-                room = self.rooms[event.room_id] = RoomState(event.room_id)
+                room = self.rooms[event.room_id] = RoomState(event.room_id, self._keep_ended_s)
             evolve(room, event)
             self.events_applied += 1
             if not room.exists:
                 del self.rooms[event.room_id]  # archived
-            if isinstance(event, TicketIssued):
-                self._resolve(event.ticket_id, ticket=room.tickets.get(event.ticket_id))
+            if isinstance(event, TicketIssued) and event.ticket_id in self._ticket_waiters:
+                issued.append((room, event.ticket_id))
+        # once the batch is folded: a ticket is a view of its row, and an admission in the same
+        # batch (a free slot) must show in the join's answer
+        for room, ticket_id in issued:
+            self._resolve(ticket_id, ticket=room.tickets.get(ticket_id))
         if events:
             asyncio.get_running_loop().create_task(self._notify())
             for listener in self._listeners:
@@ -124,7 +140,7 @@ class ReadModel(TailedView):
         room = self.room(room_id)
         if room is None:
             return None
-        ticket = room.tickets.get(ticket_id)
+        ticket = room.find(ticket_id)  # a forgotten ticket too, as ended: 410, not "being sequenced"
         return None if ticket is None else (room, ticket)
 
     async def wait_for_ticket(self, room_id: str, ticket_id: str, timeout: float) -> Ticket | None:

@@ -110,6 +110,7 @@ class SequencerOptions:
     #: ... or after this many seconds with at least one event
     snapshot_every_s: float = 60.0
     #: ended tickets older than this (before their room's newest event) are left out of snapshots
+    #: and forgotten by the rooms (tombstones: docs/adr/0008-columnar-room-state.md)
     snapshot_keep_ended_s: float | None = 600.0
     #: the group's session timeout: how long a dead sequencer holds its partitions (docs/adr/0007)
     session_timeout_ms: int = 3_000
@@ -381,6 +382,8 @@ class Sequencer(Component):
             if found.loaded is not None:
                 manifest = found.loaded.manifest
                 owned.rooms = found.loaded.rooms
+                for room in owned.rooms.values():
+                    room.keep_ended_s = self._options.snapshot_keep_ended_s  # forgotten as in the fold
                 owned.next_offset = owned.replay_from = manifest.next_offset
                 start = manifest.events_offset
             log.info("snapshot_found", partition=owned.partition, events_offset=start, **describe(found))
@@ -414,7 +417,7 @@ class Sequencer(Component):
         if isinstance(event, StateEvent):
             room = owned.rooms.get(event.room_id)
             if room is None:
-                room = owned.rooms[event.room_id] = RoomState(event.room_id)
+                room = owned.rooms[event.room_id] = RoomState(event.room_id, self._options.snapshot_keep_ended_s)
             evolve(room, event)
             owned.events_replayed += 1
             if not room.exists:
@@ -482,7 +485,7 @@ class Sequencer(Component):
         """The events of one command, already folded into its room; ``None`` if it is refused."""
         room = owned.rooms.get(command.room_id)
         if room is None:
-            room = RoomState(command.room_id)
+            room = RoomState(command.room_id, self._options.snapshot_keep_ended_s)
         try:
             events = decide(room, command, now)
         except InvalidCommand as exc:

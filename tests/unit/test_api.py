@@ -7,6 +7,7 @@ client address behind trusted proxies and the docs; the real broker and processe
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from waitroom_core.room import RoomState, apply_all, decide
+from waitroom_core.room import RoomState, apply_all, decide, forget_ended
 from waitroom_events.base import Message
 from waitroom_events.codec import decode, encode
 from waitroom_events.commands import Command, JoinRequested
@@ -459,3 +460,37 @@ async def test_a_replay_after_the_ticket_ended_answers_410_and_hands_out_no_toke
     after = await api.http.post("/v1/rooms/r1/tickets", headers=key)
     assert after.status_code == 410 and after.json()["error"] == "ticket_left"
     assert "ticket_token" not in after.text
+
+
+async def test_a_forgotten_ticket_still_answers_410_to_status_heartbeat_and_a_replayed_join(api: Any) -> None:
+    await _room(api, capacity=1)
+    key = {"Idempotency-Key": "9d2e4f6a-8b1c-4d3e-a5f7-1b3d5f7a9c2e"}
+    ticket = (await api.http.post("/v1/rooms/r1/tickets", headers=key)).json()
+    path = f"/v1/rooms/r1/tickets/{ticket['ticket_id']}"
+    auth = {"Authorization": f"Bearer {ticket['ticket_token']}"}
+    assert (await api.http.delete(path, headers=auth)).status_code == 204
+    # long after: both the sequencer's room and the read model's keep only a tombstone of it
+    for room in (api.log.rooms["r1"], api.services.read_model.rooms["r1"]):
+        assert forget_ended(room, math.inf) == 1 and ticket["ticket_id"] not in room.tickets
+    published = len(api.log.published)
+
+    status = await api.http.get(path, headers=auth)
+    beat = await api.http.post(f"{path}/heartbeat", headers=auth)
+    replay = await api.http.post("/v1/rooms/r1/tickets", headers=key)
+    leave = await api.http.delete(path, headers=auth)
+
+    assert [r.status_code for r in (status, beat, replay, leave)] == [410, 410, 410, 204]
+    assert {r.json()["error"] for r in (status, beat, replay)} == {"ticket_left"}
+    assert len(api.log.published) == published, "a forgotten ticket publishes no join, heartbeat or leave"
+
+
+async def test_a_join_into_a_free_slot_answers_admitted_with_an_entry_token(api: Any) -> None:
+    # TicketIssued and TicketAdmitted come in one batch: the answer shows the ticket after both
+    await _room(api, capacity=1)
+    api.log.lag_s = 0.02  # the join waits on the read model for its ticket
+    first = await api.http.post("/v1/rooms/r1/tickets")
+    second = await api.http.post("/v1/rooms/r1/tickets")
+
+    assert first.status_code == second.status_code == 201
+    assert first.json()["state"] == "admitted" and first.json()["entry_token"]
+    assert second.json()["state"] == "waiting" and second.json()["position"] == 0

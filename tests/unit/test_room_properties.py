@@ -9,6 +9,7 @@ against the state it lands on, and the whole room against brute-force counts aft
 from __future__ import annotations
 
 import copy
+from array import array
 from typing import Any
 
 import pytest
@@ -16,8 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from waitroom_core.fenwick import Fenwick
-from waitroom_core.room import InvalidCommand, RoomState, TicketState, apply_all, decide, evolve
+from waitroom_core.room import InvalidCommand, RoomState, Ticket, TicketState, apply_all, decide, evolve
 from waitroom_events.commands import (
     AdmitRequested,
     Command,
@@ -42,17 +42,21 @@ UNKNOWN_TICKET = "nobody"
 
 def snapshot(state: RoomState) -> dict[str, Any]:
     """Everything a RoomState holds, private fields included, copied deep enough to compare later."""
-    taken: dict[str, Any] = {}
-    for name in RoomState.__slots__:
-        value = getattr(state, name)
-        if isinstance(value, Fenwick):
-            value = [list(getattr(value, slot)) for slot in Fenwick.__slots__]
-        elif isinstance(value, dict):
-            value = {key: copy.copy(item) for key, item in value.items()}  # Ticket is mutable, its fields are not
-        elif isinstance(value, list):
-            value = list(value)
-        taken[name] = value
-    return taken
+    return _taken(state)
+
+
+def _taken(value: Any) -> Any:
+    # objects with slots (the room, its ticket table and index, the Fenwick tree): slot by slot
+    slots = [name for cls in type(value).__mro__ for name in getattr(cls, "__slots__", ())]
+    if slots and not isinstance(value, Ticket):
+        return {name: _taken(getattr(value, name)) for name in slots if hasattr(value, name)}
+    if isinstance(value, dict):
+        return {key: copy.copy(item) for key, item in value.items()}  # Ticket is mutable, its fields are not
+    if isinstance(value, array):
+        return value.typecode, value.tobytes()  # by bytes: NaN (no time) is not equal to itself
+    if isinstance(value, bytearray | list):
+        return copy.copy(value)
+    return value
 
 
 class RoomMachine(RuleBasedStateMachine):
