@@ -13,13 +13,14 @@ Layout. Queue numbers ``base+1 .. last`` are *rows* of the columns, row ``q - ba
   ``8-4-4-4-12`` hex, what the API makes, the Idempotency-Key ones included); any other id (tests,
   hand-made commands) is kept as text in ``odd`` and its 16 bytes are zero.
 
-An id is found through ``index``: open addressing (linear probing) in one ``array('q')`` from a
-hash of the 16 raw bytes to the queue number, checked against the row's bytes; no Python object per
-ticket. Odd ids have a dict of their own (``odd_nos``).
+An id is found through ``index``: a dict from a 64-bit hash of the 16 raw bytes to the queue
+number, checked against the row's bytes (two int objects and a dict slot per ticket, about 110 B,
+but grown by one C-speed resize: see :class:`_Index`). Odd ids have a dict of their own
+(``odd_nos``).
 
 Forgetting (``forget_ended``): the rows up to the room's admission cursor hold no waiting ticket.
 The ones that ended before a cutoff become *tombstones* (raw id and signed queue number, 24 bytes
-and an index slot each: they still answer "ended" for the 410 of the API and for the sequencer's
+and an index entry each: they still answer "ended" for the 410 of the API and for the sequencer's
 join idempotency); the admitted ones among them, and any ended after the cutoff, move to ``held``
 (a dict of :class:`Ticket` objects, as many as the room holds admitted tickets); then the rows go
 and ``base`` moves up. Queue numbers, counters and positions do not change.
@@ -66,14 +67,8 @@ WAITING, ADMITTED, EXPIRED, LEFT = 0, 1, 2, 3
 ID_BYTES = 16
 
 _NAN = math.nan
-_EMPTY, _DELETED = 0, -1
-_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of h * 2^64/phi
-_M64 = (1 << 64) - 1
-_MAX_FILL = 0.6
 _LITTLE = sys.byteorder == "little"
 _WAITING_FLAGS = bytes([1] + [0] * 255)
-#: tombstones are never deleted: 4-byte unsigned slots (a room may forget 4 billion tickets)
-_TOMB_SLOTS = "I"
 
 
 @lru_cache(maxsize=1024)
@@ -113,72 +108,65 @@ def _opt(value: float) -> float | None:
 
 
 class _Index:
-    """Open addressing from an id hash to a positive row number (0: empty slot, -1: deleted)."""
+    """From an id hash to the row numbers of the ids with that hash: a dict, so growing it is one
+    C-speed resize (an open-addressing ``array`` rebuilt in Python held the event loop 0.6-1.9 s
+    when a room passed 600,000 tickets, longer than the sequencer's 3 s session can stand at the
+    next doubling). A second row under one 64-bit hash (practically never) waits in ``more``."""
 
-    __slots__ = ("filled", "mask", "shift", "slots", "used")
+    __slots__ = ("more", "rows")
 
-    def __init__(self, entries: int = 0, typecode: str = "q") -> None:
-        bits = 4
-        while (1 << bits) * _MAX_FILL < entries * 2 + 8:
-            bits += 1
-        self.slots = array(typecode)
-        self.slots.frombytes(bytes(self.slots.itemsize << bits))
-        self.mask = (1 << bits) - 1
-        self.shift = 64 - bits
-        self.used = 0  # rows held
-        self.filled = 0  # rows held + deleted slots
+    def __init__(self) -> None:
+        self.rows: dict[int, int] = {}
+        self.more: dict[int, list[int]] = {}
+
+    @property
+    def used(self) -> int:
+        return len(self.rows) + sum(len(extra) for extra in self.more.values())
 
     def find(self, h: int, same: Any) -> int:
         """The row whose id hashes to ``h`` and for which ``same(row)`` holds; 0 if none."""
-        slots, mask = self.slots, self.mask
-        i = ((h * _GOLDEN) & _M64) >> self.shift
-        while True:
-            row = slots[i]
-            if row == _EMPTY:
-                return 0
-            if row > 0 and same(row):
-                return row
-            i = (i + 1) & mask
-
-    def full(self) -> bool:
-        return self.filled + 1 > len(self.slots) * _MAX_FILL
+        row = self.rows.get(h)
+        if row is None:
+            return 0
+        if same(row):
+            return row
+        for other in self.more.get(h, ()):
+            if same(other):
+                return other
+        return 0
 
     def insert(self, h: int, row: int) -> None:
-        """Add ``row`` (not there yet; the caller rebuilds first when :meth:`full`)."""
-        slots, mask = self.slots, self.mask
-        i = ((h * _GOLDEN) & _M64) >> self.shift
-        while slots[i] > 0:
-            i = (i + 1) & mask
-        if slots[i] == _EMPTY:
-            self.filled += 1
-        slots[i] = row
-        self.used += 1
+        """Add ``row`` (not there yet)."""
+        if h in self.rows:
+            self.more.setdefault(h, []).append(row)
+        else:
+            self.rows[h] = row
 
     def remove(self, h: int, row: int) -> None:
-        slots, mask = self.slots, self.mask
-        i = ((h * _GOLDEN) & _M64) >> self.shift
-        while True:
-            found = slots[i]
-            if found == row:
-                slots[i] = _DELETED
-                self.used -= 1
-                return
-            if found == _EMPTY:
-                return
-            i = (i + 1) & mask
+        extra = self.more.get(h)
+        if self.rows.get(h) == row:
+            if extra:
+                self.rows[h] = extra.pop()
+            else:
+                del self.rows[h]
+        elif extra and row in extra:
+            extra.remove(row)
+        if extra is not None and not extra:
+            del self.more[h]
+
+    def compact(self) -> None:
+        """Give back the room of removed entries (a dict does not shrink by itself until it grows)."""
+        self.rows = dict(self.rows)
 
 
-def _rebuilt(entries: Iterable[tuple[int, int]], count: int, typecode: str = "q") -> _Index:
-    index = _Index(count, typecode)
-    slots, mask, shift = index.slots, index.mask, index.shift
-    n = 0
-    for h, row in entries:
-        i = ((h * _GOLDEN) & _M64) >> shift
-        while slots[i]:
-            i = (i + 1) & mask
-        slots[i] = row
-        n += 1
-    index.used = index.filled = n
+def _rebuilt(entries: Iterable[tuple[int, int]]) -> _Index:
+    index = _Index()
+    pairs = list(entries)
+    index.rows = dict(pairs)
+    if len(index.rows) != len(pairs):  # a shared hash: the slow way, keeping every row
+        index.rows = {}
+        for h, row in pairs:
+            index.insert(h, row)
     return index
 
 
@@ -225,7 +213,7 @@ class TicketTable(Mapping[str, Ticket]):
         self._held: dict[int, Ticket] = {}  # queue_no <= base, still kept: admitted or ended lately
         self._t_ids = bytearray()  # tombstones: raw ids ...
         self._t_nos: array[int] = array("q")  # ... and queue numbers, negative for "left"
-        self._t_index = _Index(0, _TOMB_SLOTS)
+        self._t_index = _Index()
         self._t_odd: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------ Mapping
@@ -286,22 +274,17 @@ class TicketTable(Mapping[str, Ticket]):
         raw, h = _key(ticket_id)
         if raw is None:
             return self._odd_nos.get(ticket_id)
-        # the index's probe, inlined: this is every command's and every status call's lookup
+        # every command's and every status call's lookup
         index = self._index
-        slots, mask, ids, base = index.slots, index.mask, self._ids, self._base
-        i = ((h * _GOLDEN) & _M64) >> index.shift
-        while True:
-            queue_no = slots[i]
-            if queue_no == _EMPTY:
-                return None
-            if queue_no > 0:
-                at = (queue_no - base - 1) * ID_BYTES
-                if at >= 0:
-                    if ids[at : at + ID_BYTES] == raw:
-                        return queue_no
-                elif self._held[queue_no].ticket_id == ticket_id:
-                    return queue_no
-            i = (i + 1) & mask
+        queue_no = index.rows.get(h)
+        if queue_no is None:
+            return None
+        if self._same(queue_no, raw, ticket_id):
+            return queue_no
+        for other in index.more.get(h, ()):
+            if self._same(other, raw, ticket_id):
+                return other
+        return None
 
     def _same(self, queue_no: int, raw: bytes, ticket_id: str) -> bool:
         row = queue_no - self._base - 1
@@ -395,8 +378,6 @@ class TicketTable(Mapping[str, Ticket]):
                 return False
             if self._t_nos and self.forgotten(ticket_id) is not None:
                 return False
-        if raw is not None and self._index.full():
-            self._rebuild_index()
         self._states.append(WAITING)
         self._issued.append(at)
         self._admitted.append(_NAN)
@@ -473,8 +454,8 @@ class TicketTable(Mapping[str, Ticket]):
         del ended[:moved]
         del self._ids[: moved * ID_BYTES]
         self._base = base + moved
-        if self._index.used * 8 < len(self._index.slots):  # mostly deleted slots: a smaller one
-            self._rebuild_index()
+        if moved > len(self._index.rows):  # more forgotten than kept: give their room back
+            self._index.compact()
         return forgotten
 
     def _bury(self, ticket_id: str, raw: bytes | None, queue_no: int, code: int) -> None:
@@ -485,29 +466,9 @@ class TicketTable(Mapping[str, Ticket]):
             return
         h = id_hash(raw)
         self._index.remove(h, queue_no)
-        if self._t_index.full():
-            hashes = _hashes(self._t_ids)
-            rows = range(1, len(hashes) + 1)
-            self._t_index = _rebuilt(zip(hashes, rows, strict=True), len(hashes) + 1, _TOMB_SLOTS)
         self._t_ids += raw
         self._t_nos.append(signed)
         self._t_index.insert(h, len(self._t_nos))
-
-    def _rebuild_index(self) -> None:
-        """A fresh index (twice the room's kept tickets at least), without deleted slots."""
-        entries: list[tuple[int, int]] = []
-        for queue_no, ticket in self._held.items():
-            raw = canonical_raw(ticket.ticket_id)
-            if raw is not None:
-                entries.append((id_hash(raw), queue_no))
-        hashes = _hashes(self._ids)
-        rows = len(hashes)
-        first = self._base + 1
-        odd = self._odd
-        pairs: Iterable[tuple[int, int]] = zip(hashes, range(first, first + rows), strict=True)
-        if odd:
-            pairs = [(h, q) for h, q in pairs if q not in odd]
-        self._index = _rebuilt(_chained(entries, pairs), self._index.used + 1)
 
 
 @dataclass(slots=True)
@@ -640,7 +601,7 @@ def restore_table(columns: Columns, last: int) -> TicketTable:
                     ids += one
         table._ids = ids
         pairs = entries
-    table._index = _rebuilt(pairs, n)
+    table._index = _rebuilt(pairs)
     return table
 
 
@@ -678,11 +639,6 @@ def raw_uuids(text: bytes, n: int) -> bytes | None:
 _DASHES = (8, 13, 18, 23)
 #: (position in the 36-character text, position in the 32 hex digits)
 _TEXT_DIGITS = tuple((at, at - sum(1 for d in _DASHES if d < at)) for at in range(36) if at not in _DASHES)
-
-
-def _chained(first: list[tuple[int, int]], then: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    yield from first
-    yield from then
 
 
 class _Values(ValuesView[Ticket]):

@@ -494,7 +494,7 @@ async def test_no_command_is_decided_while_a_snapshot_encodes_the_rooms_in_its_t
 
 
 async def eventually_written(snapshots: RecordingSnapshots) -> None:
-    for _ in range(200):
+    for _ in range(1000):  # 10 s: compressing runs in a thread, which a loaded machine may hold up
         if snapshots.written:
             return
         await asyncio.sleep(0.01)
