@@ -48,7 +48,7 @@ from uuid import uuid4
 
 import httpx
 
-from bench.common import Broker, broker_for_bench, markdown_table, run_facts, say, write_section
+from bench.common import Broker, CpuMeter, broker_for_bench, markdown_table, run_facts, say, write_section
 from waitroom_devtools import devstack
 from waitroom_devtools.procs import free_ports
 from waitroom_events.events import TicketExpired, TicketIssued, TicketLeft
@@ -74,14 +74,15 @@ class SoakConfig:
     rooms: int = 2
     capacity: int = 50
     heartbeat_interval_s: float = 2.0
-    heartbeat_timeout_s: float = 6.0
+    heartbeat_timeout_s: float = 8.0
     lifetime_min_s: float = 4.0
     lifetime_max_s: float = 16.0
     leave_fraction: float = 0.75
     sample_every_s: float = 5.0
     progress_every_s: float = 30.0
     partitions: int = 3
-    connections: int = 64
+    #: the client's connection pool: joins and leaves hold theirs while the API waits for the sequencer
+    connections: int = 1000
     seed: int = 14
 
     @property
@@ -225,10 +226,14 @@ class Tally:
     expiries: int = 0
     live: int = 0
     requests: int = 0
+    #: CPU of each process over the run, in cores (CPU s / wall s), the bench's own included
+    cores: dict[str, float | None] = field(default_factory=dict)
     #: each room's ``last_queue_no`` by its public status call after the drain
     last_queue_no: dict[str, int] = field(default_factory=dict)
 
     def error(self, kind: str, status: int, text: str) -> None:
+        if (kind, status) not in self.errors:
+            say(f"  first error answer of its kind: {kind} {status}: {text[:300]}")
         self.errors[(kind, status)] += 1
         if len(self.error_examples) < 20:
             self.error_examples.append(f"{kind} {status}: {text[:300]}")
@@ -238,23 +243,28 @@ class Tally:
         return sum(self.errors.values())
 
 
+#: connections per client: httpcore's pool looks at each of its connections for each request, so
+#: one pool of a thousand costs the bench more CPU than the server spends; visitors share small ones
+CONNECTIONS_PER_CLIENT = 20
+
+
 class Load:
-    def __init__(self, cfg: SoakConfig, api: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, cfg: SoakConfig, api: str, clients: list[httpx.AsyncClient]) -> None:
         self.cfg = cfg
         self.api = api
-        self.http = http
+        self.clients = clients
         self.tally = Tally()
         self.stopping = asyncio.Event()
         self.rng = random.Random(cfg.seed)
 
     async def call(
-        self, kind: str, method: str, path: str, expected: set[int], token: str | None = None
+        self, http: httpx.AsyncClient, kind: str, method: str, path: str, expected: set[int], token: str | None = None
     ) -> httpx.Response | None:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         started = time.perf_counter()
         self.tally.requests += 1
         try:
-            response = await self.http.request(method, self.api + path, headers=headers)
+            response = await http.request(method, self.api + path, headers=headers)
         except httpx.HTTPError as exc:
             self.tally.answers[(kind, TRANSPORT_ERROR)] += 1
             self.tally.error(kind, TRANSPORT_ERROR, repr(exc))
@@ -266,18 +276,20 @@ class Load:
             return None
         return response
 
-    async def visitor(self, room: str) -> None:
+    async def visitor(self, room: str, http: httpx.AsyncClient) -> None:
         tally = self.tally
-        joined = await self.call("join", "POST", f"/v1/rooms/{room}/tickets", {201, 202})
+        joined = await self.call(http, "join", "POST", f"/v1/rooms/{room}/tickets", {201, 202})
         if joined is None:
             return
         tally.joins += 1
         ticket: dict[str, Any] = joined.json()
         token = ticket["ticket_token"]
         path = f"/v1/rooms/{room}/tickets/{ticket['ticket_id']}"
-        while joined.status_code == 202:  # sequenced later than the API's join wait: poll for the number
-            await asyncio.sleep(0.2)
-            polled = await self.call("status (pending)", "GET", path, {200, 202}, token)
+        while joined.status_code == 202:
+            # Sequenced later than the API's join wait: heartbeat (a pending ticket's heartbeat counts,
+            # as the waiting page does it) until an answer carries the number.
+            await asyncio.sleep(0.5)
+            polled = await self.call(http, "heartbeat (pending)", "POST", path + "/heartbeat", {200, 202}, token)
             if polled is None:
                 return
             joined, ticket = polled, polled.json()
@@ -285,23 +297,28 @@ class Load:
         interval, timeout = ticket["heartbeat_interval_s"], ticket["heartbeat_timeout_s"]
         lifetime = self.rng.uniform(self.cfg.lifetime_min_s, self.cfg.lifetime_max_s)
         leaves = self.rng.random() < self.cfg.leave_fraction
-        ends_at = time.monotonic() + lifetime
+        started = time.monotonic()
+        ends_at = started + lifetime
+        beats = 0
         tally.live += 1
         try:
             while time.monotonic() < ends_at and not self.stopping.is_set():
+                # on a fixed schedule, every interval from the issue: a slow answer does not delay the next
+                beats += 1
+                delay = started + beats * interval - time.monotonic()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), interval)
+                    await asyncio.wait_for(self.stopping.wait(), max(delay, 0.0))
                 if self.stopping.is_set():
                     leaves = True  # the drain: every heartbeating ticket leaves
                     break
-                if await self.call("heartbeat", "POST", path + "/heartbeat", {200}, token) is None:
+                if await self.call(http, "heartbeat", "POST", path + "/heartbeat", {200}, token) is None:
                     return
         finally:
             tally.live -= 1
         if leaves:
-            if await self.call("leave", "DELETE", path, {204}, token) is None:
+            if await self.call(http, "leave", "DELETE", path, {204}, token) is None:
                 return
-            after = await self.call("status after leave", "GET", path, {410}, token)
+            after = await self.call(http, "status after leave", "GET", path, {410}, token)
             if after is not None and after.json().get("error") != "ticket_left":
                 tally.error("status after leave", 410, after.text)
                 return
@@ -310,7 +327,7 @@ class Load:
         await asyncio.sleep(timeout)
         deadline = time.monotonic() + EXPIRY_SLACK_S
         while True:
-            polled = await self.call("status of a silent ticket", "GET", path, {200, 410}, token)
+            polled = await self.call(http, "status of a silent ticket", "GET", path, {200, 410}, token)
             if polled is None:
                 return
             if polled.status_code == 410:
@@ -336,7 +353,7 @@ class Load:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(self.visitor(rooms[n % len(rooms)]))
+            task = asyncio.create_task(self.visitor(rooms[n % len(rooms)], self.clients[n % len(self.clients)]))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             n += 1
@@ -416,9 +433,18 @@ def _create_rooms(stack: RunningStack, cfg: SoakConfig) -> None:
 
 
 async def _load(stack: RunningStack, cfg: SoakConfig, series: dict[str, RssSeries]) -> tuple[Tally, float]:
-    limits = httpx.Limits(max_connections=cfg.connections, max_keepalive_connections=cfg.connections)
-    async with httpx.AsyncClient(timeout=15, limits=limits) as http:
-        load = Load(cfg, stack.api, http)
+    per_client = min(cfg.connections, CONNECTIONS_PER_CLIENT)
+    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    async with contextlib.AsyncExitStack() as exits:
+        clients = [
+            await exits.enter_async_context(httpx.AsyncClient(timeout=15, limits=limits))
+            for _ in range(max(1, cfg.connections // per_client))
+        ]
+        http = clients[0]
+        load = Load(cfg, stack.api, clients)
+        meter = CpuMeter(dict(stack.pids()))
+        client_cpu = time.process_time()
+        meter.start()
         t0 = time.monotonic()
         helpers = [
             asyncio.create_task(_sample_rss(stack, series, t0, cfg.sample_every_s)),
@@ -440,6 +466,8 @@ async def _load(stack: RunningStack, cfg: SoakConfig, series: dict[str, RssSerie
             for task in list(tasks):
                 task.cancel()
         elapsed = time.monotonic() - t0
+        load.tally.cores = meter.stop()
+        load.tally.cores["bench client"] = (time.process_time() - client_cpu) / elapsed
         statuses = {room: (await http.get(f"{stack.api}/v1/rooms/{room}")).json() for room in cfg.room_ids()}
     load.tally.last_queue_no = {room: int(s.get("last_queue_no", -1)) for room, s in statuses.items()}
     return load.tally, elapsed
@@ -534,6 +562,10 @@ def _ms(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f}"
 
 
+def _cores(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def report(result: SoakResult) -> str:
     cfg, tally = result.cfg, result.tally
     kinds = list(dict.fromkeys(kind for kind, _ in tally.answers))
@@ -558,10 +590,13 @@ def report(result: SoakResult) -> str:
             f"{g.growth_pct:+.1f} %",
             f"{g.slope_mb_per_h:+.1f}",
             "yes" if g.growth_pct <= RSS_TARGET_PCT else "**no**",
+            _cores(tally.cores.get(g.name)),
         ]
         for g in result.rss.values()
         if g is not None
     ]
+    rss.append(["bench client (this process)", *["–"] * 7, _cores(tally.cores.get("bench client"))])
+    rss.append(["whole machine (everyone)", *["–"] * 7, _cores(tally.cores.get("machine"))])
     joins = sum(len(v) for v in tally.numbers.values())
     dense_rows = [
         [room, len(tally.numbers.get(room, {})), result.log_issued.get(room, 0), problem or "dense: 1..N once each"]
@@ -589,7 +624,7 @@ def report(result: SoakResult) -> str:
         f"{cfg.heartbeat_timeout_s:g} s); each ticket heartbeats at the interval for {cfg.lifetime_min_s:g}–"
         f"{cfg.lifetime_max_s:g} s, then {cfg.leave_fraction * 100:.0f} % leave and the rest go silent and are "
         "expired; httpx client in the bench's process, "
-        f"{cfg.connections} connections",
+        f"at most {cfg.connections} connections",
         f"- RSS: VmRSS of each process every {cfg.sample_every_s:g} s; warm-up {cfg.warmup:g} s; 'after warm-up' "
         "and 'end' are medians of the first and last tenth of the samples after it; the slope is a least-squares "
         "fit over them",
@@ -606,6 +641,7 @@ def report(result: SoakResult) -> str:
                 "growth",
                 "slope MB/h",
                 f"<= {RSS_TARGET_PCT:g} %",
+                "CPU (cores)",
             ],
             rss,
         ),
@@ -633,6 +669,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=defaults.sample_every_s, help="RSS sampling (5 s)")
     parser.add_argument("--progress-every", type=float, default=defaults.progress_every_s, help="progress lines")
     parser.add_argument("--partitions", type=int, default=defaults.partitions)
+    parser.add_argument("--connections", type=int, default=defaults.connections, help="client pool (1000)")
     parser.add_argument(
         "--write-docs", action="store_true", help=f"write the '## {SECTION}' section of docs/benchmarks.md"
     )
@@ -656,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_every_s=args.sample_every,
         progress_every_s=args.progress_every,
         partitions=args.partitions,
+        connections=args.connections,
     )
     with tempfile.TemporaryDirectory(prefix="waitroom-soak-") as tmp:
         result = run_soak(cfg, Path(tmp))  # broker_for_bench: KAFKA_BOOTSTRAP_SERVERS or an embedded Kafka
