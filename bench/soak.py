@@ -1,6 +1,6 @@
 """A bounded soak of the whole system on loopback: steady joins, heartbeats, leaves and expiries.
 
-``python -m bench.soak [--duration 1800] [--rate 20] [--write-docs]``
+``python -m bench.soak [--duration 1800] [--rate 10] [--write-docs]``
 
 It starts the system the way ``make dev`` does (``waitroom_devtools.devstack``: an embedded Kafka
 unless ``KAFKA_BOOTSTRAP_SERVERS`` is set, every service of ``devstack.SERVICES`` as its own
@@ -69,7 +69,7 @@ TRANSPORT_ERROR = 0  # the "status" of a request that got no answer
 @dataclass(frozen=True)
 class SoakConfig:
     duration_s: float = 1800.0
-    rate: float = 20.0
+    rate: float = 10.0
     warmup_s: float | None = None  # default: 20 % of the duration
     rooms: int = 2
     capacity: int = 50
@@ -226,6 +226,12 @@ class Tally:
     expiries: int = 0
     live: int = 0
     requests: int = 0
+    #: tickets found expired after their own client left a gap of the timeout or more between two
+    #: signs of life (the bench starved of CPU): the system was right to expire them
+    client_late: int = 0
+    #: the most this process's event loop woke up late (a client starved of CPU is late for everything)
+    loop_lag_max_s: float = 0.0
+    loop_lag_recent_s: float = 0.0
     #: CPU of each process over the run, in cores (CPU s / wall s), the bench's own included
     cores: dict[str, float | None] = field(default_factory=dict)
     #: each room's ``last_queue_no`` by its public status call after the drain
@@ -278,6 +284,24 @@ class Load:
 
     async def visitor(self, room: str, http: httpx.AsyncClient) -> None:
         tally = self.tally
+        # When this visitor last gave a sign of life (the send of its join or of a heartbeat): a ticket
+        # found expired although no gap between two signs reached the timeout is an error of the
+        # system; one whose own client was late (this process starved of CPU) is not.
+        last_sign = time.monotonic()
+        longest_gap = 0.0
+
+        def sign() -> None:
+            nonlocal last_sign, longest_gap
+            now = time.monotonic()
+            longest_gap = max(longest_gap, now - last_sign)
+            last_sign = now
+
+        def expired(kind: str, answer: httpx.Response, timeout: float) -> None:
+            if answer.json().get("error") == "ticket_expired" and longest_gap >= timeout:
+                tally.client_late += 1
+            else:
+                tally.error(kind, answer.status_code, f"{answer.text} (longest gap {longest_gap:.1f} s)")
+
         joined = await self.call(http, "join", "POST", f"/v1/rooms/{room}/tickets", {201, 202})
         if joined is None:
             return
@@ -285,12 +309,17 @@ class Load:
         ticket: dict[str, Any] = joined.json()
         token = ticket["ticket_token"]
         path = f"/v1/rooms/{room}/tickets/{ticket['ticket_id']}"
+        timeout = self.cfg.heartbeat_timeout_s
         while joined.status_code == 202:
             # Sequenced later than the API's join wait: heartbeat (a pending ticket's heartbeat counts,
             # as the waiting page does it) until an answer carries the number.
             await asyncio.sleep(0.5)
-            polled = await self.call(http, "heartbeat (pending)", "POST", path + "/heartbeat", {200, 202}, token)
+            sign()
+            polled = await self.call(http, "heartbeat (pending)", "POST", path + "/heartbeat", {200, 202, 410}, token)
             if polled is None:
+                return
+            if polled.status_code == 410:
+                expired("heartbeat (pending)", polled, timeout)
                 return
             joined, ticket = polled, polled.json()
         tally.numbers.setdefault(room, {})[ticket["ticket_id"]] = ticket["queue_no"]
@@ -311,16 +340,24 @@ class Load:
                 if self.stopping.is_set():
                     leaves = True  # the drain: every heartbeating ticket leaves
                     break
-                if await self.call(http, "heartbeat", "POST", path + "/heartbeat", {200}, token) is None:
+                sign()
+                answer = await self.call(http, "heartbeat", "POST", path + "/heartbeat", {200, 410}, token)
+                if answer is None:
+                    return
+                if answer.status_code == 410:
+                    expired("heartbeat", answer, timeout)
                     return
         finally:
             tally.live -= 1
         if leaves:
+            sign()
             if await self.call(http, "leave", "DELETE", path, {204}, token) is None:
                 return
             after = await self.call(http, "status after leave", "GET", path, {410}, token)
-            if after is not None and after.json().get("error") != "ticket_left":
-                tally.error("status after leave", 410, after.text)
+            if after is None:
+                return
+            if after.json().get("error") != "ticket_left":
+                expired("status after leave", after, timeout)
                 return
             tally.leaves += 1
             return
@@ -399,6 +436,15 @@ async def _sample_rss(stack: RunningStack, series: dict[str, RssSeries], t0: flo
         await asyncio.sleep(every)
 
 
+async def _watch_loop_lag(tally: Tally, every: float = 0.25) -> None:
+    while True:
+        before = time.monotonic()
+        await asyncio.sleep(every)
+        lag = time.monotonic() - before - every
+        tally.loop_lag_max_s = max(tally.loop_lag_max_s, lag)
+        tally.loop_lag_recent_s = max(tally.loop_lag_recent_s, lag)
+
+
 async def _progress(load: Load, series: dict[str, RssSeries], t0: float, every: float) -> None:
     last_t, last_joins, last_requests = t0, 0, 0
     while True:
@@ -408,8 +454,10 @@ async def _progress(load: Load, series: dict[str, RssSeries], t0: float, every: 
         say(
             f"[{now - t0:6.0f} s] joins {(tally.joins - last_joins) / span:5.1f}/s  "
             f"requests {(tally.requests - last_requests) / span:6.1f}/s  live {tally.live:4d}  "
-            f"left {tally.leaves}  expired {tally.expiries}  errors {tally.error_count}  RSS MB: {_rss_line(series)}"
+            f"left {tally.leaves}  expired {tally.expiries}  errors {tally.error_count}  client late "
+            f"{tally.client_late} (loop lag {tally.loop_lag_recent_s:.1f} s)  RSS MB: {_rss_line(series)}"
         )
+        tally.loop_lag_recent_s = 0.0
         last_t, last_joins, last_requests = now, tally.joins, tally.requests
 
 
@@ -449,6 +497,7 @@ async def _load(stack: RunningStack, cfg: SoakConfig, series: dict[str, RssSerie
         helpers = [
             asyncio.create_task(_sample_rss(stack, series, t0, cfg.sample_every_s)),
             asyncio.create_task(_progress(load, series, t0, cfg.progress_every_s)),
+            asyncio.create_task(_watch_loop_lag(load.tally)),
         ]
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -608,6 +657,9 @@ def report(result: SoakResult) -> str:
         f"- numbers dense in every room: **{'yes' if result.numbers_dense else 'no'}**",
         f"- RSS growth after the warm-up <= {RSS_TARGET_PCT:g} % for every process: "
         f"**{'yes' if result.rss_within() else 'no'}**",
+        f"- the bench's own client: its event loop woke up at most {tally.loop_lag_max_s:.1f} s late; "
+        f"{tally.client_late} tickets were found expired after the client itself left a gap of the timeout or "
+        "more between two signs of life (expected answers, not errors: the system expired silent tickets)",
         f"- tickets: {joins} issued, {tally.leaves} left (each then answered 410 ticket_left), {tally.expiries} "
         f"expired by the reaper (each seen 410 ticket_expired); the log holds {result.log_left} TicketLeft and "
         f"{result.log_expired} TicketExpired",
@@ -657,7 +709,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = SoakConfig()
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds of joins (1800)")
-    parser.add_argument("--rate", type=float, default=defaults.rate, help="joins per second (20)")
+    parser.add_argument("--rate", type=float, default=defaults.rate, help="joins per second (10)")
     parser.add_argument("--warmup", type=float, help="seconds not counted for RSS growth (20 %% of the duration)")
     parser.add_argument("--rooms", type=int, default=defaults.rooms)
     parser.add_argument("--capacity", type=int, default=defaults.capacity, help="capacity of each room")
