@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,18 +118,22 @@ class RunningStack:
         return [name for name, proc in self.stack.procs.items() if not proc.alive()]
 
 
-def _soak_services() -> list[devstack.DevService]:
-    """``devstack.SERVICES`` as they are, but ticketing without the join limit per client address."""
+def _soak_services(ticketing_env: Mapping[str, str]) -> list[devstack.DevService]:
+    """``devstack.SERVICES`` as they are, but ticketing without the join limit per client address
+    (and with ``ticketing_env`` on top)."""
+    extra = {"WAITROOM_TICKETING_JOIN_RATE_PER_IP": "0", **ticketing_env}
 
     def no_join_limit(service: devstack.DevService) -> devstack.DevService:
         base = service.env
-        return dataclasses.replace(service, env=lambda ctx: {**base(ctx), "WAITROOM_TICKETING_JOIN_RATE_PER_IP": "0"})
+        return dataclasses.replace(service, env=lambda ctx: {**base(ctx), **extra})
 
     return [no_join_limit(s) if s.name == "ticketing" else s for s in devstack.SERVICES]
 
 
 @contextlib.contextmanager
-def dev_stack(work_dir: Path, partitions: int, bootstrap: str | None = None) -> Iterator[RunningStack]:
+def dev_stack(
+    work_dir: Path, partitions: int, bootstrap: str | None = None, ticketing_env: Mapping[str, str] | None = None
+) -> Iterator[RunningStack]:
     """The dev command's stack in ``work_dir``: its broker (or ``bootstrap``), topics under a fresh prefix."""
     with contextlib.ExitStack() as exits:
         if bootstrap is None:
@@ -144,7 +148,7 @@ def dev_stack(work_dir: Path, partitions: int, bootstrap: str | None = None) -> 
         api_port, admin_port = free_ports(2)
         ctx = devstack.DevContext(data_dir, broker.bootstrap, prefix, partitions, api_port, admin_port)
         ctx.otel_env = devstack.telemetry_env(None)
-        stack = devstack.Stack(ctx, _soak_services())
+        stack = devstack.Stack(ctx, _soak_services(ticketing_env or {}))
         say(f"starting the dev stack (topics under {prefix}) ...")
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the dev command's lines are progress here
@@ -525,8 +529,9 @@ async def _load(stack: RunningStack, cfg: SoakConfig, series: dict[str, RssSerie
     return load.tally, elapsed
 
 
-async def _read_log(bootstrap: str, topic: str) -> tuple[dict[str, list[int]], int, int]:
-    """Queue numbers of every ``TicketIssued`` per room, and the counts of left and expired tickets."""
+async def _read_log(bootstrap: str, topic: str) -> tuple[dict[str, dict[str, int]], int, int]:
+    """The queue number of every ``TicketIssued`` per room and ticket, and the counts of left and
+    expired tickets."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from waitroom_events.codec import decode
@@ -534,7 +539,7 @@ async def _read_log(bootstrap: str, topic: str) -> tuple[dict[str, list[int]], i
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
     await consumer.start()
-    issued: dict[str, list[int]] = {}
+    issued: dict[str, dict[str, int]] = {}
     left = expired = 0
     try:
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
@@ -547,7 +552,8 @@ async def _read_log(bootstrap: str, topic: str) -> tuple[dict[str, list[int]], i
                 for record in batch.get(tp, []):
                     message = decode(record.value, record.headers)
                     if isinstance(message, TicketIssued):
-                        issued.setdefault(message.room_id, []).append(message.queue_no)
+                        # a ticket issued twice would show as a number missing: its entry is replaced
+                        issued.setdefault(message.room_id, {})[message.ticket_id] = message.queue_no
                     elif isinstance(message, TicketLeft):
                         left += 1
                     elif isinstance(message, TicketExpired):
@@ -557,29 +563,40 @@ async def _read_log(bootstrap: str, topic: str) -> tuple[dict[str, list[int]], i
     return issued, left, expired
 
 
-def density(cfg: SoakConfig, tally: Tally, log_issued: dict[str, list[int]]) -> dict[str, str]:
-    """Per room, what is wrong with its numbers ("" when every number 1..N was issued exactly once)."""
+def density(cfg: SoakConfig, tally: Tally, log_issued: dict[str, dict[str, int]]) -> dict[str, str]:
+    """Per room, what is wrong with its numbers ("" when they are dense).
+
+    Dense: the room-events log issued every number 1..N exactly once, the room's public
+    ``last_queue_no`` is N, and every number a join (or a pending ticket's heartbeat) answered is the
+    one the log gave that ticket. A ticket whose join answered 202 and that ended before any answer
+    carried its number is in the log only; those are counted, not errors.
+    """
     problems = {}
-    last = tally.last_queue_no
     for room in cfg.room_ids():
-        answered = sorted(tally.numbers.get(room, {}).values())
-        logged = sorted(log_issued.get(room, []))
-        n = len(answered)
+        answered = tally.numbers.get(room, {})
+        logged = log_issued.get(room, {})
+        numbers = sorted(logged.values())
         wrong = []
-        if answered != list(range(1, n + 1)):
-            duplicates = sum(c - 1 for c in Counter(answered).values() if c > 1)
-            wrong.append(f"answers: {n} numbers, {duplicates} duplicated, max {answered[-1] if answered else 0}")
-        if logged != list(range(1, len(logged) + 1)) or len(logged) != n:
-            wrong.append(f"room-events: {len(logged)} TicketIssued for {n} answered joins")
-        if last.get(room) != n:
-            wrong.append(f"room status last_queue_no {last.get(room)} for {n} joins")
+        if numbers != list(range(1, len(numbers) + 1)):
+            duplicates = sum(c - 1 for c in Counter(numbers).values() if c > 1)
+            wrong.append(
+                f"room-events: {len(numbers)} TicketIssued, {duplicates} numbers twice, max {max(numbers, default=0)}"
+            )
+        mismatched = [t for t, n in answered.items() if logged.get(t) != n]
+        if mismatched:
+            wrong.append(f"{len(mismatched)} answered numbers differ from the log's")
+        if tally.last_queue_no.get(room) != len(numbers):
+            wrong.append(f"room status last_queue_no {tally.last_queue_no.get(room)} for {len(numbers)} issued")
         problems[room] = "; ".join(wrong)
     return problems
 
 
-def run_soak(cfg: SoakConfig, work_dir: Path, bootstrap: str | None = None) -> SoakResult:
+def run_soak(
+    cfg: SoakConfig, work_dir: Path, bootstrap: str | None = None, ticketing_env: Mapping[str, str] | None = None
+) -> SoakResult:
+    """The soak on a stack of its own in ``work_dir`` (its own broker unless ``bootstrap`` is given)."""
     series: dict[str, RssSeries] = {}
-    with dev_stack(work_dir, cfg.partitions, bootstrap) as stack:
+    with dev_stack(work_dir, cfg.partitions, bootstrap, ticketing_env) as stack:
         _create_rooms(stack, cfg)
         say(
             f"soaking for {cfg.duration_s:g} s: {cfg.rate:g} joins/s over {cfg.rooms} rooms, heartbeat every "
@@ -649,9 +666,15 @@ def report(result: SoakResult) -> str:
     ]
     rss.append(["bench client (this process)", *["–"] * 7, _cores(tally.cores.get("bench client"))])
     rss.append(["whole machine (everyone)", *["–"] * 7, _cores(tally.cores.get("machine"))])
-    joins = sum(len(v) for v in tally.numbers.values())
+    joins = sum(result.log_issued.values())
     dense_rows = [
-        [room, len(tally.numbers.get(room, {})), result.log_issued.get(room, 0), problem or "dense: 1..N once each"]
+        [
+            room,
+            result.log_issued.get(room, 0),
+            len(tally.numbers.get(room, {})),
+            result.log_issued.get(room, 0) - len(tally.numbers.get(room, {})),
+            problem or "dense: 1..N once each, answers as logged",
+        ]
         for room, problem in result.dense.items()
     ]
     verdict = [
@@ -701,7 +724,10 @@ def report(result: SoakResult) -> str:
             rss,
         ),
         "",
-        markdown_table(["room", "numbers answered", "TicketIssued in the log", "density"], dense_rows),
+        markdown_table(
+            ["room", "TicketIssued in the log", "numbers answered", "ended while pending (never answered)", "density"],
+            dense_rows,
+        ),
         "",
         *verdict,
     ]
