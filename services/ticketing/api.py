@@ -263,6 +263,26 @@ class Services:
             window_s=0.0,
             publish_timeout_s=publish_timeout_s,
         )
+        #: ticket id -> when this process accepted its leave, until its read model shows it ended
+        self.leaving: dict[str, float] = {}
+
+    def left(self, ticket_id: str) -> None:
+        """Remember a leave this process accepted (read-your-writes, see ``_authorized_ticket``)."""
+        leaving = self.leaving
+        leaving[ticket_id] = time.monotonic()
+        if len(leaving) > LEAVING_MAX:  # oldest first: a dict keeps insertion order
+            for old in list(leaving)[: len(leaving) - LEAVING_MAX]:
+                del leaving[old]
+
+    def leave_pending(self, ticket_id: str) -> bool:
+        """Whether this process accepted a leave of the ticket that its read model has not shown yet."""
+        at = self.leaving.get(ticket_id)
+        if at is None:
+            return False
+        if time.monotonic() - at > LEAVING_FOR_S:
+            del self.leaving[ticket_id]
+            return False
+        return True
 
     def client_key(self, request: Request) -> str:
         """The rate-limit bucket of the request's client (see ``edge.py``: trusted proxies, IPv6 /64)."""
@@ -385,6 +405,11 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip()
 
 
+#: accepted leaves remembered at most this long / this many (the read model shows them long before)
+LEAVING_FOR_S = 600.0
+LEAVING_MAX = 100_000
+
+
 def _authorized_ticket(
     svc: Services, room_id: str, ticket_id: str, authorization: str | None
 ) -> tuple[RoomState, Ticket] | None:
@@ -396,7 +421,18 @@ def _authorized_ticket(
     if not svc.tickets.verify(room_id, ticket_id, token):
         raise ApiError(404, "ticket_not_found", "no such ticket for this token")
     svc.require_ready()
-    return svc.read_model.ticket(room_id, ticket_id)
+    found = svc.read_model.ticket(room_id, ticket_id)
+    if svc.leaving and svc.leave_pending(ticket_id):
+        # Read-your-writes for a leave: once this process answered 204, it answers as if the ticket
+        # had left, even while its read model has not applied the leave yet (a slow sequencer).
+        if found is None or found[1].state.live:
+            room = found[0] if found is not None else svc.read_model.room(room_id)
+            queue_no = found[1].queue_no if found is not None else 0
+            if room is not None:
+                return room, Ticket(ticket_id, queue_no, TicketState.LEFT, 0.0)
+        else:
+            del svc.leaving[ticket_id]  # applied: the read model answers from here on
+    return found
 
 
 def _ended(ticket: Ticket) -> ApiError:
@@ -518,8 +554,12 @@ async def leave(room_id: RoomId, ticket_id: TicketId, svc: Svc, credentials: Tic
             now = svc.read_model.ticket(room_id, ticket_id)
             return now is not None and not now[1].state.live
 
-        # Read-your-writes: once 204 is sent, this replica no longer shows the ticket as live.
-        if not await svc.read_model.wait_until(gone, svc.join_wait_s):
+        # Read-your-writes: once 204 is sent, this replica no longer shows the ticket as live;
+        # should its read model not have applied the leave by then, ``svc.leaving`` answers for it.
+        svc.left(ticket_id)
+        if await svc.read_model.wait_until(gone, svc.join_wait_s):
+            svc.leaving.pop(ticket_id, None)
+        else:
             log.warning("leave_not_applied_in_time", room_id=room_id, ticket_id=ticket_id)
     svc.signer.forget(room_id, ticket_id)
     svc.heartbeats.forget(ticket_id)

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaConnectionError
 from waitroom_core.room import RoomState, apply_all, decide, forget_ended
 from waitroom_events.base import Message
 from waitroom_events.codec import decode, encode
-from waitroom_events.commands import Command, JoinRequested
+from waitroom_events.commands import Command, JoinRequested, LeaveRequested
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import topic_registry
 from waitroom_platform.settings import KafkaSettings
@@ -438,6 +438,32 @@ async def test_status_right_after_a_leave_answers_410_on_the_replica_that_accept
     assert (await api.http.delete(path, headers=auth)).status_code == 204
     after = await api.http.get(path, headers=auth)
     assert after.status_code == 410 and after.json()["error"] == "ticket_left"
+
+
+async def test_a_leave_the_log_applies_only_after_the_wait_still_reads_as_left_on_that_replica(api: Any) -> None:
+    """The soak found it: a leave answered 204 after the join wait, and the next GET said "admitted"."""
+    await _room(api, capacity=1)
+    ticket = (await api.http.post("/v1/rooms/r1/tickets")).json()
+    path = f"/v1/rooms/r1/tickets/{ticket['ticket_id']}"
+    auth = {"Authorization": f"Bearer {ticket['ticket_token']}"}
+    api.log.lag_s = 0.6  # the sequencer slower than the API's wait (0.2 s here)
+    assert (await api.http.delete(path, headers=auth)).status_code == 204
+    assert api.services.read_model.ticket("r1", ticket["ticket_id"])[1].state.live  # not applied yet
+
+    status = await api.http.get(path, headers=auth)
+    beat = await api.http.post(f"{path}/heartbeat", headers=auth)
+    again = await api.http.delete(path, headers=auth)
+    assert (status.status_code, status.json()["error"]) == (410, "ticket_left")
+    assert (beat.status_code, beat.json()["error"]) == (410, "ticket_left")
+    assert again.status_code == 204
+    leaves = [m for m in api.log.published if isinstance(m, LeaveRequested)]
+    assert len(leaves) == 1, "a repeated leave while the first is in flight publishes nothing more"
+
+    async with asyncio.timeout(5):  # until the log applied it
+        while api.services.read_model.ticket("r1", ticket["ticket_id"])[1].state.live:
+            await asyncio.sleep(0.02)
+    assert (await api.http.get(path, headers=auth)).status_code == 410  # the read model answers now
+    assert ticket["ticket_id"] not in api.services.leaving
 
 
 @pytest.mark.parametrize("key", ["short-key-1", "aaaaaaaaaaaaaaaaaaaa", "abababababababababab"])
