@@ -10,6 +10,7 @@ round-trip too.
 from __future__ import annotations
 
 import math
+import random
 import uuid
 
 from hypothesis import given, settings
@@ -165,3 +166,28 @@ def test_in_a_steady_flow_only_the_admitted_tickets_older_than_a_forgotten_one_l
     assert room.active == 100 and room.tickets.forgotten_count > 19_000
     assert len(room.tickets._held) == 0, "the admitted tail stays in the columns"
     assert len(room.tickets) <= 100 + 5 * 100 + 200  # live + ended within 5 s + one sweep's slack
+
+
+def test_the_tombstone_index_grows_without_a_pause_and_finds_every_row_while_it_moves() -> None:
+    """Insert-only, grown a few slots per insert: every tombstone is found at every moment of a
+    growth, an id never buried is not, and no single insert pays for the whole table."""
+    from waitroom_core.tickets import _Tombstones, id_hash
+
+    rng = random.Random(5)
+    ids = [rng.randbytes(16) for _ in range(60_000)]
+    index = _Tombstones(lambda row: id_hash(ids[row - 1]))
+    growing = 0  # inserts made while a growth was under way: the move is spread over them
+    grew_while_checking = False
+    for row, raw in enumerate(ids, start=1):
+        index.insert(id_hash(raw), row)
+        growing += index.old is not None
+        if index.old is not None and row % 97 == 0:
+            grew_while_checking = True
+            for earlier in (1, row // 2, row):  # old and new rows, mid-growth
+                assert index.find(id_hash(ids[earlier - 1]), lambda r, e=earlier: r == e) == earlier
+    assert grew_while_checking
+    for row, raw in enumerate(ids, start=1):
+        assert index.find(id_hash(raw), lambda r, want=raw: ids[r - 1] == want) == row
+    stranger = rng.randbytes(16)
+    assert index.find(id_hash(stranger), lambda r: ids[r - 1] == stranger) == 0
+    assert growing > 10_000, "the table was rebuilt at once, not a few slots per insert"
