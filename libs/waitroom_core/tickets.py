@@ -20,7 +20,7 @@ but grown by one C-speed resize: see :class:`_Index`). Odd ids have a dict of th
 
 Forgetting (``forget_ended``): the rows up to the room's admission cursor hold no waiting ticket.
 The ones that ended before a cutoff become *tombstones* (raw id and signed queue number, 24 bytes
-and an index entry each: they still answer "ended" for the 410 of the API and for the sequencer's
+and a 4-byte index slot each: they still answer "ended" for the 410 of the API and for the sequencer's
 join idempotency); the admitted ones among them, and any ended after the cutoff, move to ``held``
 (a dict of :class:`Ticket` objects, as many as the room holds admitted tickets); then the rows go
 and ``base`` moves up. Queue numbers, counters and positions do not change.
