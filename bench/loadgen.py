@@ -335,28 +335,31 @@ async def _fallback(
     started = time.monotonic()
     deadline = started + duration_s
 
+    async def timed(connection: _Connection, request: bytes, since: float) -> None:
+        """Send one request; its latency counts from ``since`` (when sent, or when it was due)."""
+        nonlocal socket_errors
+        try:
+            status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            socket_errors += 1
+            await connection.close()
+            return
+        latencies.append(time.monotonic() - since)
+        statuses[status] += 1
+
     async def worker(offset: int) -> None:
-        nonlocal next_index, socket_errors
+        nonlocal next_index
         connection = _Connection(host, port)
         try:
             while time.monotonic() < deadline and (max_requests <= 0 or len(latencies) < max_requests):
                 request = raw[(next_index + offset) % len(raw)]
                 next_index += 1
-                sent = time.monotonic()
-                try:
-                    status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-                    socket_errors += 1
-                    await connection.close()
-                    continue
-                latencies.append(time.monotonic() - sent)
-                statuses[status] += 1
+                await timed(connection, request, time.monotonic())
         finally:
             await connection.close()
 
     async def paced(offset: int, slots: asyncio.Queue[float]) -> None:
         """Open loop: take the next due time, send then (or at once when late), time from the due time."""
-        nonlocal socket_errors
         connection = _Connection(host, port)
         try:
             while True:
@@ -364,15 +367,7 @@ async def _fallback(
                 if due < 0:
                     return
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
-                request = raw[(offset + int(due * 1000)) % len(raw)]
-                try:
-                    status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-                    socket_errors += 1
-                    await connection.close()
-                    continue
-                latencies.append(time.monotonic() - due)
-                statuses[status] += 1
+                await timed(connection, raw[(offset + int(due * 1000)) % len(raw)], due)
         finally:
             await connection.close()
 

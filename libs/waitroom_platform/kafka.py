@@ -191,16 +191,9 @@ class Publisher:
     ) -> RecordMetadata:
         """Send the record and wait until the broker has it (the span lasts until then)."""
         if not tracing():  # the API's hot path (a join): no span machinery when nothing records spans
-            record = encode(message, list(headers))
-            delivery = await self.producer.send(
-                topic,
-                record.value,
-                key=record.key,
-                partition=partition,
-                headers=record.headers,
-                timestamp_ms=timestamp_ms,
+            metadata: RecordMetadata = await (
+                await self._queue(topic, message, partition, headers, timestamp_ms, traced=False)
             )
-            metadata: RecordMetadata = await delivery
             return metadata
         with produce_span(topic, message, partition):
             delivery = await self._queue(topic, message, partition, headers, timestamp_ms)
@@ -230,8 +223,10 @@ class Publisher:
         partition: int | None,
         headers: Iterable[tuple[str, bytes]],
         timestamp_ms: int | None,
+        *,
+        traced: bool = True,
     ) -> Any:
-        record = encode(message, outgoing_headers(headers))
+        record = encode(message, outgoing_headers(headers) if traced else list(headers))
         return await self.producer.send(
             topic, record.value, key=record.key, partition=partition, headers=record.headers, timestamp_ms=timestamp_ms
         )
