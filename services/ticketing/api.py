@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -39,6 +39,7 @@ from waitroom_events.commands import (
     RoomArchiveRequested,
     RoomConfigureRequested,
 )
+from waitroom_events.events import RoomEvent, TicketExpired, TicketLeft
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import Publisher
 from waitroom_ticketing.docs import mount_docs
@@ -265,6 +266,17 @@ class Services:
         )
         #: ticket id -> when this process accepted its leave, until its read model shows it ended
         self.leaving: dict[str, float] = {}
+        read_model.add_listener(self._forget_ended)
+
+    def _forget_ended(self, events: Sequence[RoomEvent]) -> None:
+        """A ticket that ended (left or expired, through any replica) leaves the per-ticket caches:
+        its entry token, its heartbeat stamp and a pending leave. Without this a long sale keeps
+        them for every expired visitor (the signer's cache up to its bound, the stamps for an hour)."""
+        for event in events:
+            if type(event) is TicketExpired or type(event) is TicketLeft:
+                self.signer.forget(event.room_id, event.ticket_id)
+                self.heartbeats.forget(event.ticket_id)
+                self.leaving.pop(event.ticket_id, None)
 
     def left(self, ticket_id: str) -> None:
         """Remember a leave this process accepted (read-your-writes, see ``_authorized_ticket``)."""

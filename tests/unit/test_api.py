@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaConnectionError
 from waitroom_core.room import RoomState, apply_all, decide, forget_ended
 from waitroom_events.base import Message
 from waitroom_events.codec import decode, encode
-from waitroom_events.commands import Command, JoinRequested, LeaveRequested
+from waitroom_events.commands import Command, ExpireRequested, JoinRequested, LeaveRequested
 from waitroom_events.heartbeats import Heartbeat
 from waitroom_events.topics import topic_registry
 from waitroom_platform.settings import KafkaSettings
@@ -520,3 +520,25 @@ async def test_a_join_into_a_free_slot_answers_admitted_with_an_entry_token(api:
     assert first.status_code == second.status_code == 201
     assert first.json()["state"] == "admitted" and first.json()["entry_token"]
     assert second.json()["state"] == "waiting" and second.json()["position"] == 0
+
+
+async def test_an_expired_ticket_leaves_the_entry_token_cache_and_the_heartbeat_stamps(api: Any) -> None:
+    """The soak's growth: an expiry (decided by the reaper, seen only through the log) dropped
+    neither the ticket's cached entry token nor its heartbeat stamp, so both grew with every
+    visitor who went silent."""
+    await _room(api, capacity=1)
+    ticket = (await api.http.post("/v1/rooms/r1/tickets")).json()
+    auth = {"Authorization": f"Bearer {ticket['ticket_token']}"}
+    beat = await api.http.post(f"/v1/rooms/r1/tickets/{ticket['ticket_id']}/heartbeat", headers=auth)
+    assert beat.status_code == 200 and beat.json()["entry_token"]
+    assert api.services.signer.cached == 1
+    assert ticket["ticket_id"] in api.services.heartbeats.acknowledged
+
+    await api.log.publish(
+        TOPICS.commands.name, ExpireRequested(room_id="r1", ticket_id=ticket["ticket_id"], requested_at=time.time())
+    )
+    assert api.services.read_model.ticket("r1", ticket["ticket_id"])[1].state.value == "expired"
+    assert api.services.signer.cached == 0
+    assert ticket["ticket_id"] not in api.services.heartbeats.acknowledged
+    after = await api.http.get(f"/v1/rooms/r1/tickets/{ticket['ticket_id']}", headers=auth)
+    assert after.status_code == 410 and after.json()["error"] == "ticket_expired"
