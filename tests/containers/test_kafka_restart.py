@@ -43,7 +43,7 @@ async def test_kafka_restarted_under_load_loses_no_acknowledged_join(stack: Stac
     await stack.ready()
     acked: dict[str, dict[str, Any]] = {}
     acked_before: set[str] = set()
-    #: (sent, answered) of every acknowledged join
+    #: (first attempt sent, acknowledged) of every join: one visitor's join, retried with its key
     spans: list[tuple[float, float]] = []
     #: when the restart was asked for, and when podman had started the container again
     restart: list[float] = []
@@ -52,9 +52,9 @@ async def test_kafka_restarted_under_load_loses_no_acknowledged_join(stack: Stac
 
         async def join() -> None:
             key = f"restart-{uuid4().hex}"
-            deadline = time.monotonic() + 90
+            first_sent = time.monotonic()
+            deadline = first_sent + 90
             while time.monotonic() < deadline:
-                sent = time.monotonic()
                 try:
                     response = await http.post(
                         f"{ticketing.url}/v1/rooms/{ROOM}/tickets", headers={"Idempotency-Key": key}
@@ -65,7 +65,7 @@ async def test_kafka_restarted_under_load_loses_no_acknowledged_join(stack: Stac
                 if response.status_code in ACKED:
                     body = response.json()
                     acked[body["ticket_id"]] = body
-                    spans.append((sent, time.monotonic()))
+                    spans.append((first_sent, time.monotonic()))
                     return
                 assert response.status_code in RETRY, response.text
                 await asyncio.sleep(0.2)
@@ -94,8 +94,14 @@ async def test_kafka_restarted_under_load_loses_no_acknowledged_join(stack: Stac
 
     assert ticketing.status() == "running", "the ticketing container did not survive Kafka's restart"
     assert len(acked) - len(acked_before) >= ACKS_AFTER_RESTART
-    asked, started_again = restart
-    straddling = [span for span in spans if span[0] < asked and span[1] > started_again]
+    _asked, started_again = restart
+    # A join in flight through the outage: its first attempt went out before podman had started the
+    # container again (so before Kafka inside it could answer) and it was acknowledged, under the
+    # same key, after. Its attempts in between answered 503 or waited until Kafka was back: which
+    # depends on how long the restart takes against the publish timeout, so the visitor's whole
+    # join is what counts, not one request (a request sent before the restart was asked for is
+    # answered in milliseconds, before Kafka has even begun to shut down).
+    straddling = [span for span in spans if span[0] < started_again < span[1]]
     assert straddling, "no acknowledged join was in flight while Kafka was down: the restart tested nothing"
     events = await read_topic(stack.kafka.bootstrap, stack.topics.room_events.name)
     issued = [e for e in events if isinstance(e, TicketIssued) and e.room_id == ROOM]
