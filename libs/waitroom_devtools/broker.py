@@ -378,11 +378,13 @@ class EmbeddedKafka:
 
     def _spawn(self) -> None:
         # The JVM keeps its own copy of the file descriptor; ours can close at once.
+        # The heap is fixed at start, as Kafka's own start script does (-Xms = -Xmx), and touched
+        # at once: the broker's footprint is then what it will stay, instead of a JVM growing
+        # towards its cap in steps over the first half hour (the soak saw +33 % in one step).
+        heap = [f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+AlwaysPreTouch", "-XX:+UseG1GC"]
         with open(self.console_log, "wb") as console:
             self._process = subprocess.Popen(
-                self._java(
-                    [f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC"], "kafka.Kafka", str(self.server_properties)
-                ),
+                self._java(heap, "kafka.Kafka", str(self.server_properties)),
                 cwd=self.data_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
