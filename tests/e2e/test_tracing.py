@@ -193,6 +193,19 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
     assert publish["kind"] in ("PRODUCER", "CLIENT"), publish
     assert publish["attributes"].get("rpc.method") == "Publish", publish
 
+    # Each process exports on its own schedule: the stats spans (and the alert) can be in before the
+    # reaper's batch with its expiry span is. Wait for that span, then take the whole story.
+    def reaper_expiry_in_story() -> list[dict[str, Any]] | None:
+        spans = trace_of(spans_of(), join_trace)
+        mine = [s for s in spans if s["service"] == "waitroom-reaper" and s["attributes"].get(TICKET_ATTR) == ticket_id]
+        return spans if mine else None
+
+    await eventually(
+        reaper_expiry_in_story,
+        30,
+        "the reaper's expiry span in the join's trace",
+        seen=lambda: outline(trace_of(spans_of(), join_trace)),
+    )
     story = trace_of(spans_of(), join_trace)
     by_service: dict[str, list[dict[str, Any]]] = {}
     for span in story:
