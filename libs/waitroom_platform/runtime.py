@@ -18,7 +18,9 @@ the start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -66,6 +68,11 @@ class Component:
     def alive(self) -> bool:
         """False when the component knows it is broken beyond repair (``/healthz``)."""
         return True
+
+    def drains(self) -> bool:
+        """Whether ``run()`` finishes by itself once ``drain()`` was called (else it is cancelled
+        at once): true for a component that overrides ``drain``."""
+        return type(self).drain is not Component.drain
 
 
 class Misconfigured(Exception):
@@ -192,7 +199,7 @@ class Supervisor:
             began = asyncio.get_running_loop().time()
             try:
                 if task is not None and not task.done():
-                    if _drains(component):
+                    if component.drains():
                         await asyncio.wait_for(component.drain(), self.grace_s)
                         await asyncio.wait([task], timeout=self.grace_s)
                     task.cancel()
@@ -209,11 +216,6 @@ class Supervisor:
                 )
 
 
-def _drains(component: Component) -> bool:
-    """Whether the component finishes its run by itself once asked (else it is cancelled at once)."""
-    return type(component).drain is not Component.drain
-
-
 class Task(Component):
     """A component that is just a coroutine to run until stopped (a loop with nothing to open)."""
 
@@ -223,6 +225,127 @@ class Task(Component):
 
     async def run(self) -> None:
         await self._work()
+
+
+class OwnLoop(Component):
+    """A component on an event loop of its own, in a thread of its own.
+
+    What it is for: the sequencer's consumer-group heartbeats must reach the broker within the
+    session (3 s) whatever the HTTP side of the same process does. On one loop, a crowd that
+    saturates the API delays every other callback by the length of a loop iteration, which grows
+    with the backlog: the member is evicted, its takeover never completes before the next eviction,
+    and the partition stops (the soak under a profiler showed exactly that). On its own loop the
+    component gets the interpreter at every switch interval (5 ms) however busy the API's loop is.
+
+    The component is built by ``factory`` on its loop (asyncio objects bind to the loop that first
+    uses them), and every lifecycle call runs there: a cancelled call is cancelled there too and
+    waited for. It shares no state with the rest of the process but plain reads (``ready``).
+    """
+
+    def __init__(self, name: str, factory: Callable[[], Component]) -> None:
+        self.name = name
+        self._factory = factory
+        self.inner: Component | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._loop_started = threading.Event()
+
+    def _serve(self) -> None:
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._loop_started.set()
+        try:
+            loop.run_forever()
+        finally:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _there(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work()`` on the component's loop until it ends; cancelling this cancels it there
+        and waits until it has ended."""
+        loop = self._loop
+        assert loop is not None
+        here = asyncio.get_running_loop()
+        done: asyncio.Future[None] = here.create_future()
+        started: list[asyncio.Task[None]] = []
+        cancelling = False
+
+        def settle(task: asyncio.Task[None]) -> None:
+            if done.done():
+                return
+            if task.cancelled():  # by us; cancelled by itself, it ended without being asked to
+                done.cancel() if cancelling else done.set_exception(ComponentEnded(self.name))
+            elif (error := task.exception()) is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        def launch() -> None:
+            task = loop.create_task(work())
+            started.append(task)
+            task.add_done_callback(lambda t: here.call_soon_threadsafe(settle, t))
+
+        loop.call_soon_threadsafe(launch)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if not done.done():
+                cancelling = True
+                loop.call_soon_threadsafe(lambda: started[0].cancel())  # launch ran first: FIFO
+                with contextlib.suppress(BaseException):
+                    await done
+            raise
+
+    async def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._loop_started.wait)
+
+        async def build_and_start() -> None:
+            self.inner = self._factory()
+            await self.inner.start()
+
+        await self._there(build_and_start)
+
+    async def run(self) -> None:
+        assert self.inner is not None
+        await self._there(self.inner.run)
+
+    def drains(self) -> bool:
+        return self.inner is not None and self.inner.drains()
+
+    async def drain(self) -> None:
+        if self.inner is not None:
+            await self._there(self.inner.drain)
+
+    async def stop(self) -> None:
+        try:
+            if self.inner is not None:
+                await self._there(self.inner.stop)
+        finally:
+            if self._loop is not None and self._thread is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_S)
+
+    def ready(self) -> bool:
+        return self.inner is not None and self.inner.ready()
+
+    def alive(self) -> bool:
+        return self.inner is None or self.inner.alive()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new loop of uvloop where installed, else of asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:

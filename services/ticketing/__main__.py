@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 from waitroom_platform.heap import HeapFreezer
 from waitroom_platform.kafka import ProducerComponent, Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
-from waitroom_platform.runtime import Component
+from waitroom_platform.runtime import Component, OwnLoop
 from waitroom_platform.service import run_service
 from waitroom_platform.snapshots import SnapshotStore
 from waitroom_platform.telemetry import instrument_fastapi
@@ -166,9 +166,10 @@ def build(settings: TicketingSettings) -> list[Component]:
     topics = settings.common.topics()
     # First, so the heap the sequencer and the read model build is frozen as it grows (heap.py).
     components: list[Component] = [HeapFreezer()]
-    sequencer: Sequencer | None = None
+    sequencer: OwnLoop | None = None
     if settings.role in ("all", "sequencer"):
-        sequencer = Sequencer(settings.kafka, topics, sequencer_options(settings))
+        # On a loop and thread of its own: a saturated API cannot hold up its group heartbeats.
+        sequencer = OwnLoop("sequencer", lambda: Sequencer(settings.kafka, topics, sequencer_options(settings)))
         components.append(sequencer)
     if settings.role in ("all", "api"):
         # linger 0: a join's command goes out at once; under load records still batch, because

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any, ClassVar
 
 import pytest
@@ -14,7 +16,7 @@ from support.waiting import eventually
 
 from waitroom_platform.health import HealthServer
 from waitroom_platform.metrics import expose_numbers
-from waitroom_platform.runtime import Component, ComponentEnded, Misconfigured, Supervisor
+from waitroom_platform.runtime import Component, ComponentEnded, Misconfigured, OwnLoop, Supervisor
 from waitroom_platform.service import load_settings, renamed_settings
 
 
@@ -211,3 +213,126 @@ async def test_a_misconfigured_component_exits_with_code_2() -> None:
             raise Misconfigured("SNS topic not found")
 
     assert await Supervisor("svc", [NeedsTopic()]).run(handle_signals=False) == 2
+
+
+# ------------------------------------------------------------------------- a component on its own loop
+
+
+class Threaded(Recording):
+    """Notes the thread and loop each call ran on."""
+
+    def __init__(self, name: str, journal: list[str], **kwargs: Any) -> None:
+        super().__init__(name, journal, **kwargs)
+        self.threads: set[int] = set()
+        self.loops: set[int] = set()
+
+    def _where(self) -> None:
+        self.threads.add(threading.get_ident())
+        self.loops.add(id(asyncio.get_running_loop()))
+
+    async def start(self) -> None:
+        self._where()
+        await super().start()
+
+    async def run(self) -> None:
+        self._where()
+        await super().run()
+
+    async def drain(self) -> None:
+        self._where()
+        await super().drain()
+
+    async def stop(self) -> None:
+        self._where()
+        await super().stop()
+
+
+async def test_a_component_on_its_own_loop_runs_its_whole_lifecycle_there_in_order() -> None:
+    journal: list[str] = []
+    built: list[Threaded] = []
+
+    def make() -> Threaded:
+        built.append(Threaded("b", journal))
+        return built[0]
+
+    own = OwnLoop("b", make)
+    supervisor = Supervisor("svc", [Recording("a", journal), own, Recording("c", journal)])
+    running = asyncio.create_task(supervisor.run(handle_signals=False))
+    await eventually(lambda: supervisor.ready, 5, "the service ready")
+    supervisor.request_stop()
+    assert await asyncio.wait_for(running, 5) == 0
+
+    assert journal == ["start a", "start b", "start c", "drain c", "stop c", "drain b", "stop b", "drain a", "stop a"]
+    (component,) = built
+    assert component.threads and threading.get_ident() not in component.threads and len(component.threads) == 1
+    assert len(component.loops) == 1 and id(asyncio.get_running_loop()) not in component.loops
+    assert own._thread is not None and not own._thread.is_alive(), "the loop's thread ends with the component"
+
+
+async def test_a_failure_on_its_own_loop_ends_the_service_with_the_components_name_and_code() -> None:
+    class Refused(Component):
+        name = "sequencer"
+
+        async def run(self) -> None:
+            await asyncio.sleep(0.05)
+            raise Misconfigured("session timeout below the broker's minimum")
+
+    supervisor = Supervisor("svc", [OwnLoop("sequencer", Refused)])
+    assert await asyncio.wait_for(supervisor.run(handle_signals=False), 5) == 2
+    assert supervisor.failure is not None and supervisor.failure[0] == "sequencer"
+    assert "broker's minimum" in str(supervisor.failure[1])
+
+
+async def test_a_component_on_its_own_loop_that_does_not_drain_is_cancelled_at_once_and_stopped() -> None:
+    stopped = threading.Event()
+
+    class Loop(Component):
+        name = "loop"
+
+        async def stop(self) -> None:
+            stopped.set()
+
+    supervisor = Supervisor("svc", [OwnLoop("loop", Loop)], grace_s=30)
+    running = asyncio.create_task(supervisor.run(handle_signals=False))
+    await eventually(lambda: supervisor.ready, 5, "the service ready")
+    supervisor.request_stop()
+    assert await asyncio.wait_for(running, 3) == 0  # not the 30 s grace of a draining component
+    assert stopped.is_set()
+
+
+async def test_a_saturated_main_loop_does_not_hold_up_a_component_on_its_own_loop() -> None:
+    """What it is for: the sequencer's group heartbeats keep their pace while the API's loop is
+    busy (here: callbacks that each hold the loop 0.4 s, back to back, for 3 s)."""
+    ticks: list[float] = []
+
+    class Ticker(Component):
+        name = "ticker"
+
+        async def run(self) -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.05)
+
+    supervisor = Supervisor("svc", [OwnLoop("ticker", Ticker)])
+    running = asyncio.create_task(supervisor.run(handle_signals=False))
+    await eventually(lambda: len(ticks) >= 3, 5, "the ticker ticking")
+
+    def busy(until: float) -> None:
+        end = time.monotonic() + 0.4
+        while time.monotonic() < end:
+            pass
+        if time.monotonic() < until:
+            asyncio.get_running_loop().call_soon(busy, until)
+
+    began = time.monotonic()
+    asyncio.get_running_loop().call_soon(busy, began + 3.0)
+    await asyncio.sleep(0)
+    while time.monotonic() < began + 3.0:
+        await asyncio.sleep(0)
+    during = [t for t in ticks if began <= t <= began + 3.0]
+    supervisor.request_stop()
+    assert await asyncio.wait_for(running, 5) == 0
+
+    gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
+    assert len(during) >= 20, f"{len(during)} ticks in 3 s of a busy main loop"
+    assert max(gaps) < 0.3, f"the component's loop was held up {max(gaps):.2f} s"
