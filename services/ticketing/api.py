@@ -251,7 +251,8 @@ def _declare_ticket_scheme(app: FastAPI) -> None:
         document = build()
         if fresh:
             schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes[_ticket_bearer.scheme_name] = _ticket_bearer.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+            scheme = _ticket_bearer.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+            schemes[_ticket_bearer.scheme_name] = scheme
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
