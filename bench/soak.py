@@ -108,6 +108,11 @@ class RunningStack:
     broker: Broker
     stack: devstack.Stack
 
+    @property
+    def stats_group(self) -> str:
+        """The stats service's consumer group (its default: ``<topic prefix>.stats``)."""
+        return self.topics.commands.name.removesuffix(".commands") + ".stats"
+
     def pids(self) -> dict[str, int]:
         found = {name: proc.pid for name, proc in self.stack.procs.items()}
         if self.broker.pid is not None:
@@ -419,6 +424,8 @@ class SoakResult:
     elapsed_s: float
     died: list[str]
     broker: Broker
+    #: records of room-events stats had read but not committed, after the drain (see stats_behind)
+    stats_uncommitted: int = 0
 
     @property
     def numbers_dense(self) -> bool:
@@ -563,6 +570,38 @@ async def _read_log(bootstrap: str, topic: str) -> tuple[dict[str, dict[str, int
     return issued, left, expired
 
 
+#: how long, after the drain, stats gets to commit what it has read (its commit interval is 2.8 s)
+STATS_COMMIT_WAIT_S = 15.0
+
+
+async def stats_behind(bootstrap: str, group: str, topic: str, wait_s: float = STATS_COMMIT_WAIT_S) -> int:
+    """How many records of ``topic`` stats' group has not committed, at most over its partitions,
+    once it has caught up or ``wait_s`` has passed. At most 1 when all is committed: a read_committed
+    reader stops at a transaction's commit marker, which it is never given."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from waitroom_platform.kafka import partitions_of
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(reader, topic)]
+        deadline = time.monotonic() + wait_s
+        while True:
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await reader.end_offsets(tps)
+            behind = max((ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps), default=0)
+            if behind <= 1 or time.monotonic() > deadline:
+                return behind
+            await asyncio.sleep(0.5)
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
 def density(cfg: SoakConfig, tally: Tally, log_issued: dict[str, dict[str, int]]) -> dict[str, str]:
     """Per room, what is wrong with its numbers ("" when they are dense).
 
@@ -605,6 +644,7 @@ def run_soak(
         tally, elapsed = asyncio.run(_load(stack, cfg, series))
         died = stack.dead()
         log_issued, log_left, log_expired = asyncio.run(_read_log(stack.bootstrap, stack.topics.room_events.name))
+        uncommitted = asyncio.run(stats_behind(stack.bootstrap, stack.stats_group, stack.topics.room_events.name))
         broker = stack.broker
     return SoakResult(
         cfg=cfg,
@@ -617,6 +657,7 @@ def run_soak(
         elapsed_s=elapsed,
         died=died,
         broker=broker,
+        stats_uncommitted=uncommitted,
     )
 
 
@@ -686,6 +727,8 @@ def report(result: SoakResult) -> str:
         f"- the bench's own client: its event loop woke up at most {tally.loop_lag_max_s:.1f} s late; "
         f"{tally.client_late} tickets were found expired after the client itself left a gap over half the "
         "timeout between two signs of life (counted apart, not as errors: the client was not steady)",
+        f"- stats' committed offsets on room-events after the drain: {result.stats_uncommitted} record(s) "
+        "behind the log's end (at most 1 when all it read is committed: a transaction's commit marker)",
         f"- tickets: {joins} issued, {tally.leaves} left (each then answered 410 ticket_left), {tally.expiries} "
         f"expired by the reaper (each seen 410 ticket_expired); the log holds {result.log_left} TicketLeft and "
         f"{result.log_expired} TicketExpired",

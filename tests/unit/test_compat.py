@@ -11,6 +11,7 @@ import inspect
 from collections.abc import AsyncIterator
 
 import faust
+import faust.transport.consumer
 import pytest
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -32,6 +33,8 @@ FAUST_HOOKS = [
         "_create_worker_consumer",
         faust_aiokafka.AIOKafkaConsumerThread._create_consumer,
     ),
+    # the offset to commit, and the bookkeeping it reads (_acked, _acked_index, _gap, _unacked_messages)
+    (faust_aiokafka.Consumer, "_new_offset", faust_aiokafka.Consumer._filter_committable_offsets),
 ]
 
 
@@ -113,3 +116,9 @@ def test_aiokafka_still_retries_concurrent_transactions_after_the_module_constan
         assert getattr(module, name) == 0.004
     finally:
         setattr(module, name, before)
+
+
+def test_faust_consumer_still_keeps_the_bookkeeping_the_stats_commit_rule_reads() -> None:
+    init = inspect.getsource(faust.transport.consumer.Consumer.__init__)
+    for name in ("_acked", "_acked_index", "_gap", "_unacked_messages", "_committed_offset"):
+        assert f"self.{name} =" in init, f"faust's Consumer no longer sets {name}: review waitroom_stats.transport"
