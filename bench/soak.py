@@ -578,28 +578,14 @@ async def stats_behind(bootstrap: str, group: str, topic: str, wait_s: float = S
     """How many records of ``topic`` stats' group has not committed, at most over its partitions,
     once it has caught up or ``wait_s`` has passed. At most 1 when all is committed: a read_committed
     reader stops at a transaction's commit marker, which it is never given."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
+    from waitroom_platform.admin import uncommitted
 
-    from waitroom_platform.kafka import partitions_of
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await reader.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(reader, topic)]
-        deadline = time.monotonic() + wait_s
-        while True:
-            committed = await admin.list_consumer_group_offsets(group)
-            ends = await reader.end_offsets(tps)
-            behind = max((ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps), default=0)
-            if behind <= 1 or time.monotonic() > deadline:
-                return behind
-            await asyncio.sleep(0.5)
-    finally:
-        await reader.stop()
-        await admin.close()
+    deadline = time.monotonic() + wait_s
+    while True:
+        behind = max((await uncommitted(bootstrap, group, topic)).values(), default=0)
+        if behind <= 1 or time.monotonic() > deadline:
+            return behind
+        await asyncio.sleep(0.5)
 
 
 def density(cfg: SoakConfig, tally: Tally, log_issued: dict[str, dict[str, int]]) -> dict[str, str]:

@@ -17,10 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from waitroom_events.topics import TopicSpec
+from waitroom_platform.kafka import partitions_of
 from waitroom_platform.runtime import Component
 from waitroom_platform.settings import KafkaSettings
 
@@ -109,6 +111,27 @@ async def partition_counts(bootstrap_servers: str, names: Sequence[str], **clien
         await admin.start()
         return await _partition_counts(admin, list(names))
     finally:
+        await admin.close()
+
+
+async def uncommitted(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
+    """Per partition of ``topic`` that holds records: how many ``group`` has not committed (the log
+    end offset minus the group's committed offset, or minus 0 when it committed none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(reader, topic)]
+        ends = await reader.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group)
+        return {
+            tp.partition: end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+            for tp, end in ends.items()
+            if end
+        }
+    finally:
+        await reader.stop()
         await admin.close()
 
 

@@ -29,13 +29,13 @@ import boto3
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from support.waiting import eventually
 
 from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_events.codec import HEADER_TYPE
 from waitroom_events.stats import RoomStats, ThresholdBreached, ThresholdRecovered
 from waitroom_events.topics import TopicRegistry, dlq_name
+from waitroom_platform.admin import uncommitted
 from waitroom_platform.kafka import HEADER_ERROR, Publisher, make_producer, partitions_of
 from waitroom_platform.settings import KafkaSettings
 
@@ -204,18 +204,7 @@ async def wait_log(proc: ServiceProcess, event: str, timeout: float = 60, count:
 
 async def group_caught_up(bootstrap: str, group: str, topic: str) -> bool:
     """Whether ``group`` has committed every record of ``topic`` that exists now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group)
-        return all(committed.get(tp) is not None and committed[tp].offset >= end for tp, end in ends.items() if end)
-    finally:
-        await consumer.stop()
-        await admin.close()
+    return all(behind <= 0 for behind in (await uncommitted(bootstrap, group, topic)).values())
 
 
 async def dead_letters(bootstrap: str, topic: str) -> list[Any]:
