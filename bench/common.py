@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import httpx
+
 from waitroom_devtools.broker import EmbeddedKafka
 from waitroom_devtools.procs import ServiceProcess, free_ports
 from waitroom_events.topics import TopicRegistry, topic_registry
@@ -75,6 +77,37 @@ def process_cpu_s(pid: int) -> float | None:
     for child in _children(pid):
         total += process_cpu_s(child) or 0.0
     return total
+
+
+def rss_mb(pid: int) -> float | None:
+    """The resident set of ``pid`` in MB (VmRSS of /proc/<pid>/status), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def create_room(
+    http: httpx.Client,
+    admin: str,
+    api: str,
+    room_id: str,
+    config: dict[str, Any],
+    token: str,
+    accepted: Sequence[int] = (200, 201, 202),
+) -> None:
+    """Configure ``room_id`` on the admin listener ``admin``; wait until the public one ``api`` shows it."""
+    response = http.put(f"{admin}/v1/admin/rooms/{room_id}", json=config, headers={"Authorization": f"Bearer {token}"})
+    if response.status_code not in accepted:
+        raise RuntimeError(f"creating room {room_id}: {response.status_code} {response.text}")
+    deadline = time.monotonic() + 30
+    while http.get(f"{api}/v1/rooms/{room_id}").status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"room {room_id} never became visible")
+        time.sleep(0.05)
 
 
 def _children(pid: int) -> list[int]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from bench import common
 from bench.common import (
     ADMIN_TOKEN,
     REPO_ROOT,
@@ -94,16 +95,8 @@ def start_servers(
 
 def create_room(base: str, admin: str, room_id: str, capacity: int) -> None:
     """Create the room on the admin listener ``admin``; wait until the public one ``base`` shows it."""
-    token = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with httpx.Client(timeout=30) as http:
-        response = http.put(f"{admin}/v1/admin/rooms/{room_id}", json={"capacity": capacity}, headers=token)
-        if response.status_code not in (200, 201, 202):
-            raise RuntimeError(f"creating room {room_id}: {response.status_code} {response.text}")
-        deadline = time.monotonic() + 30
-        while http.get(f"{base}/v1/rooms/{room_id}").status_code != 200:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"room {room_id} never became visible")
-            time.sleep(0.05)
+        common.create_room(http, admin, base, room_id, {"capacity": capacity}, ADMIN_TOKEN)
 
 
 async def _join_many(base: str, room_id: str, count: int, concurrency: int) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from bench.common import (
     broker_for_bench,
     fresh_topics,
     markdown_table,
+    rss_mb,
     run_facts,
     say,
     write_section,
@@ -93,16 +94,6 @@ async def read_expiries(bootstrap: str, topic: str, partitions: int) -> list[Exp
         return found
     finally:
         await consumer.stop()
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def reaper_metrics(port: int) -> dict[str, float]:

@@ -48,7 +48,17 @@ from uuid import uuid4
 
 import httpx
 
-from bench.common import Broker, CpuMeter, broker_for_bench, markdown_table, run_facts, say, write_section
+from bench.common import (
+    Broker,
+    CpuMeter,
+    broker_for_bench,
+    create_room,
+    markdown_table,
+    rss_mb,
+    run_facts,
+    say,
+    write_section,
+)
 from waitroom_devtools import devstack
 from waitroom_devtools.procs import free_ports
 from waitroom_events.events import TicketExpired, TicketIssued, TicketLeft
@@ -168,17 +178,6 @@ def dev_stack(
 
 # ---------------------------------------------------------------------------------------------
 # RSS
-
-
-def rss_mb(pid: int) -> float | None:
-    """The resident set of ``pid`` in MB (VmRSS of /proc/<pid>/status), None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 @dataclass
@@ -476,7 +475,6 @@ async def _progress(load: Load, series: dict[str, RssSeries], t0: float, every: 
 
 
 def _create_rooms(stack: RunningStack, cfg: SoakConfig) -> None:
-    token = {"Authorization": f"Bearer {devstack.DEV_ADMIN_TOKEN}"}
     config = {
         "capacity": cfg.capacity,
         "heartbeat_interval_s": cfg.heartbeat_interval_s,
@@ -484,14 +482,7 @@ def _create_rooms(stack: RunningStack, cfg: SoakConfig) -> None:
     }
     with httpx.Client(timeout=30) as http:
         for room in cfg.room_ids():
-            response = http.put(f"{stack.admin}/v1/admin/rooms/{room}", json=config, headers=token)
-            if response.status_code not in (200, 201):
-                raise RuntimeError(f"creating room {room}: {response.status_code} {response.text}")
-            deadline = time.monotonic() + 30
-            while http.get(f"{stack.api}/v1/rooms/{room}").status_code != 200:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"room {room} never became visible")
-                time.sleep(0.05)
+            create_room(http, stack.admin, stack.api, room, config, devstack.DEV_ADMIN_TOKEN, accepted=(200, 201))
 
 
 async def _load(stack: RunningStack, cfg: SoakConfig, series: dict[str, RssSeries]) -> tuple[Tally, float]:

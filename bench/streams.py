@@ -47,6 +47,7 @@ from bench.common import (
     broker_for_bench,
     fresh_topics,
     markdown_table,
+    rss_mb,
     run_facts,
     say,
     ticketing_process,
@@ -160,11 +161,12 @@ async def read_events(reader: asyncio.StreamReader, stream: Stream) -> None:
                 stream.first.set()
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+def api_rss_mb(pid: int) -> float:
+    """The API's resident set in MB; the bench cannot go on without its process."""
+    mb = rss_mb(pid)
+    if mb is None:
+        raise RuntimeError(f"the API process {pid} is gone")
+    return mb
 
 
 async def wait_for(condition: Any, timeout_s: float, what: str) -> float:
@@ -193,7 +195,7 @@ async def run(
     joins_s = time.monotonic() - started
     admitted, waiting = tickets[0], tickets[1:]
     await asyncio.sleep(2)  # let the joins' allocations settle before the baseline
-    rss_before = rss_mb(pid)
+    rss_before = api_rss_mb(pid)
     say(f"opening {len(waiting)} streams ...")
     streams = [Stream(ticket) for ticket in waiting]
     gate = asyncio.Semaphore(200)
@@ -208,7 +210,7 @@ async def run(
         await asyncio.gather(*(open_one(s) for s in streams))
         open_s = time.monotonic() - started
         await asyncio.sleep(2)
-        rss_after = rss_mb(pid)
+        rss_after = api_rss_mb(pid)
         say(f"idle for {args.idle_s:g} s with every stream open ...")
         meter = CpuMeter({"api": pid})
         meter.start()
