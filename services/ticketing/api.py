@@ -218,12 +218,6 @@ def _responses(*statuses: int, **views: Any) -> dict[int | str, dict[str, Any]]:
 _ticket_bearer = HTTPBearer(
     auto_error=False, scheme_name="ticket token", description="the ticket_token the join answered with"
 )
-TicketAuth = Annotated[HTTPAuthorizationCredentials | None, Depends(_ticket_bearer)]
-
-
-def _raw(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    return None if credentials is None else f"Bearer {credentials.credentials}"
-
 
 #: The ticket calls (status, heartbeat, leave: the hot ones) declare the ticket token in OpenAPI
 #: without a dependency. FastAPI solves each dependency on every request; the two of a status call
