@@ -154,6 +154,13 @@ def setup_telemetry(service: str) -> Telemetry:
     return telemetry
 
 
+def tracing() -> bool:
+    """Whether spans made here can go anywhere: false only once ``setup_telemetry`` ran and set up
+    no span exporter, so a hot path can skip work whose only reader is a span (setting attributes on
+    the current span is itself a context lookup per call)."""
+    return _current is None or bool(_current.span_exporters)
+
+
 def instrument_fastapi(app: Any, excluded_urls: Sequence[str] = ("/healthz", "/readyz")) -> None:
     """Server spans and ``http.server`` metrics for every request, health checks excluded; nothing
     (no middleware at all) when this process exports neither traces nor metrics."""

@@ -42,6 +42,7 @@ from waitroom_events.commands import (
 from waitroom_events.events import RoomEvent, TicketExpired, TicketLeft
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.kafka import Publisher
+from waitroom_platform.telemetry import tracing
 from waitroom_ticketing.docs import mount_docs
 from waitroom_ticketing.edge import TrustedProxies, rate_limit_key
 from waitroom_ticketing.heartbeats import HeartbeatCoalescer
@@ -419,6 +420,8 @@ class Services:
 
 def _tag(room_id: str, ticket_id: str | None = None) -> None:
     """Name the room and ticket on the request's span, so a trace can be found by either."""
+    if not tracing():
+        return
     span = trace.get_current_span()
     span.set_attribute("waitroom.room_id", room_id)
     if ticket_id is not None:
