@@ -759,7 +759,11 @@ def create_public_app(services: Services, *, max_body_bytes: int = 64 * 1024) ->
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.services = services
-    app.include_router(public)
+    # The visitors' routes go straight into the app's route list, not through include_router: since
+    # FastAPI 0.16x an included router is matched as a nested branch (its candidates, then the route
+    # again inside it, with scope bookkeeping at each level), which was about a fifth of an
+    # in-process status call (docs/benchmarks.md, Surge capacity). The router only carries tags.
+    app.router.routes.extend(public.routes)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
