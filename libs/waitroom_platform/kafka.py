@@ -238,15 +238,25 @@ async def queue_records(
     """Queue encoded records for one partition, in order, as whole record batches (inside a
     transaction too: the batch's partition joins it); returns the delivery futures. Much cheaper
     per record than ``send`` for a burst of records known at once (the sequencer's events)."""
+    return [delivery for delivery, _ in await queue_record_batches(producer, topic, partition, records)]
+
+
+async def queue_record_batches(
+    producer: AIOKafkaProducer, topic: str, partition: int, records: Sequence[EncodedRecord]
+) -> list[tuple[asyncio.Future[Any], int]]:
+    """:func:`queue_records`, with the number of records of each batch: a batch's delivery names
+    its base offset, so its last record is at base + count - 1."""
     deliveries = []
     batch = producer.create_batch()
+    count = 0
     for record in records:
         if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
-            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = producer.create_batch()
+            deliveries.append((await producer.send_batch(batch, topic, partition=partition), count))
+            batch, count = producer.create_batch(), 0
             if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
                 raise ValueError(f"a record of {len(record.value)} bytes does not fit in a batch")
-    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+        count += 1
+    deliveries.append((await producer.send_batch(batch, topic, partition=partition), count))
     return deliveries
 
 

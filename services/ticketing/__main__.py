@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Sequence
 
 import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
+from waitroom_events.events import RoomEvent
 from waitroom_platform.heap import HeapFreezer
 from waitroom_platform.kafka import ProducerComponent, Publisher, make_producer
 from waitroom_platform.metrics import RoomDepths, register_room_gauges
@@ -167,9 +169,20 @@ def build(settings: TicketingSettings) -> list[Component]:
     # First, so the heap the sequencer and the read model build is frozen as it grows (heap.py).
     components: list[Component] = [HeapFreezer()]
     sequencer: OwnLoop | None = None
+    #: this process's read model once built: an all-in-one sequencer hands it what it commits (ADR 0009)
+    taker: list[ReadModel] = []
+
+    def committed(partition: int, after: int, upto: int, events: Sequence[RoomEvent]) -> None:
+        if taker:
+            taker[0].take_committed_threadsafe(partition, after, upto, events)
+
     if settings.role in ("all", "sequencer"):
+        hand_off = committed if settings.role == "all" else None
         # On a loop and thread of its own: a saturated API cannot hold up its group heartbeats.
-        sequencer = OwnLoop("sequencer", lambda: Sequencer(settings.kafka, topics, sequencer_options(settings)))
+        sequencer = OwnLoop(
+            "sequencer",
+            lambda: Sequencer(settings.kafka, topics, sequencer_options(settings), committed=hand_off),
+        )
         components.append(sequencer)
     if settings.role in ("all", "api"):
         # linger 0: a join's command goes out at once; under load records still batch, because
@@ -177,6 +190,7 @@ def build(settings: TicketingSettings) -> list[Component]:
         producer = ProducerComponent(make_producer(settings.kafka, linger_ms=0))
         snapshots = SnapshotStore(settings.kafka, topics.snapshots.name) if settings.snapshot_every_events else None
         read_model = ReadModel(settings.kafka, topics.room_events.name, snapshots, settings.snapshot_keep_ended_s)
+        taker.append(read_model)
         register_room_gauges(room_depths(read_model))
         stats_view = StatsView(settings.kafka, topics.room_stats.name)
         assert settings.admin_token is not None and settings.ticket_secret is not None

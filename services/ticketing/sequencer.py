@@ -47,7 +47,7 @@ from waitroom_platform.kafka import (
     make_producer,
     outgoing_headers,
     produce_span,
-    queue_records,
+    queue_record_batches,
     send_to_dead_letter,
     trace_headers,
     tracing,
@@ -83,6 +83,14 @@ class OwnedPartition:
     events_replayed: int = 0
     #: events queued in the open transaction, not yet acknowledged
     deliveries: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: the record count of each of those deliveries' batches (with a hand-off, see Committed)
+    delivery_counts: list[int] = field(default_factory=list)
+    #: the open transaction's events, in log order (with a hand-off)
+    committing: list[RoomEvent] = field(default_factory=list)
+    #: room-events offset of the last event appended in the open transaction (with a hand-off)
+    appended_upto: int | None = None
+    #: room-events offset of the last event this owner committed; None until its first commit
+    committed_upto: int | None = None
     #: a room-events offset at or before the first event not yet folded into ``rooms``
     events_floor: int = 0
     #: replay folds only events of commands from here on (the snapshot holds the earlier ones)
@@ -123,6 +131,12 @@ class SequencerOptions:
         return max(100, self.session_timeout_ms // 6)
 
 
+#: ``committed(partition, after, upto, events)``: ``events`` are now in the log (their transaction
+#: committed), the partition's room-events from just after offset ``after`` (this owner's previous
+#: commit) up to ``upto``. Called on the sequencer's loop; see ReadModel.take_committed.
+Committed = Callable[[int, int, int, Sequence[RoomEvent]], None]
+
+
 class Sequencer(Component):
     name = "sequencer"
 
@@ -132,11 +146,13 @@ class Sequencer(Component):
         topics: TopicRegistry,
         options: SequencerOptions,
         clock: Callable[[], float] = time.time,
+        committed: Committed | None = None,
     ) -> None:
         self._kafka = kafka
         self._topics = topics
         self._options = options
         self._clock = clock
+        self._hand_off_to = committed
         self._owned: dict[int, OwnedPartition] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -451,6 +467,8 @@ class Sequencer(Component):
                     if events is None:
                         span.set_attribute("waitroom.dead_lettered", True)
                         continue
+                    if self._hand_off_to is not None:
+                        owned.committing.extend(events)
                     source = [(HEADER_SOURCE_OFFSET, str(record.offset).encode())]
                     for event in events:
                         # a PRODUCER span per event, each event carrying its own span's context
@@ -461,17 +479,24 @@ class Sequencer(Component):
                 events = self._decide_one(owned, record, command, refused, now)
                 if events is None:
                     continue
+                if self._hand_off_to is not None:
+                    owned.committing.extend(events)
                 extra = [(HEADER_SOURCE_OFFSET, str(record.offset).encode()), *trace_headers(record.headers)]
             for event in events:
                 encoded.append(encode(event, extra))
         if encoded:
             owned.events_since_snapshot += len(encoded)
-            deliveries = await queue_records(owned.producer, self._topics.room_events.name, owned.partition, encoded)
+            batches = await queue_record_batches(
+                owned.producer, self._topics.room_events.name, owned.partition, encoded
+            )
+            owned.delivery_counts.extend(count for _, count in batches)
+            deliveries = [delivery for delivery, _ in batches]
             if self._options.transactional:
                 # awaited together with the offsets' request (see _CommandLoop.commit): one round trip less
                 owned.deliveries.extend(deliveries)
             else:
-                _note_delivered(owned, await asyncio.gather(*deliveries))
+                owned.deliveries.extend(deliveries)
+                await _delivered_all(owned)
         return refused
 
     def _decide_one(
@@ -501,6 +526,19 @@ class Sequencer(Component):
         return events
 
     # ---------------------------------------------------------------- snapshots
+
+    def _hand_off(self, owned: OwnedPartition) -> None:
+        """Hand the events of the transaction just committed to ``committed`` (the read model of
+        this process, which then answers a join without waiting to fetch them: ADR 0009). Only a
+        commit whose events follow this owner's previous one is handed off, so a taker can tell
+        whether it holds everything before them; the first commit after a takeover is not."""
+        events, owned.committing = owned.committing, []
+        upto, owned.appended_upto = owned.appended_upto, None
+        if not events:
+            return
+        after, owned.committed_upto = owned.committed_upto, upto
+        if self._hand_off_to is not None and after is not None and upto is not None:
+            self._hand_off_to(owned.partition, after, upto, events)
 
     def maybe_snapshot(self, owned: OwnedPartition) -> None:
         """Start a snapshot of ``owned`` if one is due and none is being written.
@@ -656,13 +694,16 @@ class _CommandLoop(ConsumerLoop[Command]):
                             await self._delivered(owned)  # before the commit (aiokafka does not flush)
                         finally:
                             owned.deliveries.clear()
+                            owned.delivery_counts.clear()
                 else:
                     handled = await super().process(tp, records)
             except Exception:  # noqa: BLE001 - any failure: the log decides what happened
+                owned.committing.clear()
                 await sequencer._recover_after_failure(owned, tp)
                 return True
             finally:
                 self._owned = None
+            sequencer._hand_off(owned)
             sequencer.maybe_snapshot(owned)  # committed: the rooms hold nothing the log may lose
             return handled
 
@@ -708,8 +749,13 @@ class _CommandLoop(ConsumerLoop[Command]):
 
 async def _delivered_all(owned: OwnedPartition) -> None:
     deliveries, owned.deliveries = owned.deliveries, []
+    counts, owned.delivery_counts = owned.delivery_counts, []
     if deliveries:
-        _note_delivered(owned, await asyncio.gather(*deliveries))
+        delivered = await asyncio.gather(*deliveries)
+        _note_delivered(owned, delivered)
+        last = delivered[-1]
+        if counts and last is not None and last.offset >= 0:
+            owned.appended_upto = last.offset + counts[-1] - 1
 
 
 def _note_delivered(owned: OwnedPartition, delivered: Sequence[Any]) -> None:
