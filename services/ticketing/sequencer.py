@@ -65,9 +65,15 @@ RECOVERY_RETRY_FOR_S = 120.0
 BATCH_BYTES = 512 * 1024
 #: the group's committed offset trails the decided commands by at most about this (see OFFSETS below)
 OFFSETS_EVERY_S = 1.0
-#: the transactional producer's retry backoff: a ``CONCURRENT_TRANSACTIONS`` answer (the previous
-#: transaction's markers not written yet) is retried after this, not after aiokafka's 100 ms
+#: the transactional producer's retry backoff (``AddOffsetsToTxn`` answered ``CONCURRENT_TRANSACTIONS``
+#: among others), not aiokafka's 100 ms
 TRANSACTION_RETRY_BACKOFF_MS = 5
+#: ``AddPartitionsToTxn`` answered ``CONCURRENT_TRANSACTIONS`` (the previous transaction's markers
+#: not written yet, a millisecond or two on a quiet broker) is retried after this. At 5 ms a
+#: partition's transactions could follow each other only every 5 ms or so: sequential joins took
+#: p50 12-15 ms, p99 37-51 ms at a load average of 2-3, against 12 ms and 28-32 ms at 1 ms
+#: (/tmp probe of the benchmarks' stack, two runs each).
+CONCURRENT_RETRY_MS = 1
 
 
 class LogTruncated(RuntimeError):
@@ -177,7 +183,7 @@ class Sequencer(Component):
 
     async def start(self) -> None:
         if self._options.transactional:
-            compat.shorten_transaction_retry(TRANSACTION_RETRY_BACKOFF_MS / 1000)
+            compat.shorten_transaction_retry(CONCURRENT_RETRY_MS / 1000)
         consumer = make_consumer(
             self._kafka,
             group_id=self._options.group_id,
