@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -190,7 +191,7 @@ def measure(
                 client, url, specs, connections=args.connections, duration_s=args.warmup, max_requests=0, rate=rate
             )
         meter = CpuMeter({"server": proc.pid, "broker": broker.pid})
-        spy = start_profile(args.profile, f"{shape.replace(' ', '-')}-{target}", proc.pid)
+        spy = start_profile(args.profile, f"{re.sub(r'[^A-Za-z0-9.]+', '-', shape).strip('-')}-{target}", proc.pid)
         meter.start()
         result = run_load(
             client,
