@@ -69,11 +69,17 @@ OFFSETS_EVERY_S = 1.0
 #: among others), not aiokafka's 100 ms
 TRANSACTION_RETRY_BACKOFF_MS = 5
 #: ``AddPartitionsToTxn`` answered ``CONCURRENT_TRANSACTIONS`` (the previous transaction's markers
-#: not written yet, a millisecond or two on a quiet broker) is retried after this. At 5 ms a
-#: partition's transactions could follow each other only every 5 ms or so: sequential joins took
-#: p50 12-15 ms, p99 37-51 ms at a load average of 2-3, against 12 ms and 28-32 ms at 1 ms
-#: (/tmp probe of the benchmarks' stack, two runs each).
-CONCURRENT_RETRY_MS = 1
+#: not written yet, a millisecond or two on a quiet broker) is retried after ``_SMALL_MS`` after a
+#: small batch, after ``_LARGE_MS`` after a large one (ADR 0009, amendment). After a small
+#: batch (low load) the next command's latency is what counts: at 5 ms a partition's transactions
+#: could follow each other only every 5 ms or so, and sequential joins took p50 13.6-15.1 ms / p99
+#: 36.8-50.6 ms against 12.0-12.2 / 27.5-32.4 ms at 1 ms (load average 2-3). After a large batch
+#: (saturation) the wait lets the next batch grow: a sequencer applied 22,645-24,304 commands/s
+#: at 5 ms against 19,755-21,780 at 1 ms, which retried more for smaller transactions.
+CONCURRENT_RETRY_SMALL_MS = 1
+CONCURRENT_RETRY_LARGE_MS = 5
+#: a batch of at most this many commands is small
+SMALL_BATCH = 16
 
 
 class LogTruncated(RuntimeError):
@@ -183,7 +189,7 @@ class Sequencer(Component):
 
     async def start(self) -> None:
         if self._options.transactional:
-            compat.shorten_transaction_retry(CONCURRENT_RETRY_MS / 1000)
+            compat.shorten_transaction_retry(CONCURRENT_RETRY_SMALL_MS / 1000)
         consumer = make_consumer(
             self._kafka,
             group_id=self._options.group_id,
@@ -710,6 +716,11 @@ class _CommandLoop(ConsumerLoop[Command]):
             finally:
                 self._owned = None
             sequencer._hand_off(owned)
+            if sequencer._options.transactional:
+                # the next transaction's wait for this one's markers (see CONCURRENT_RETRY_SMALL_MS)
+                small = len(records) <= SMALL_BATCH
+                retry_ms = CONCURRENT_RETRY_SMALL_MS if small else CONCURRENT_RETRY_LARGE_MS
+                compat.shorten_transaction_retry(retry_ms / 1000)
             sequencer.maybe_snapshot(owned)  # committed: the rooms hold nothing the log may lose
             return handled
 

@@ -501,3 +501,17 @@ async def eventually_written(snapshots: RecordingSnapshots) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("no snapshot was written")
+
+
+async def test_the_wait_for_the_previous_transactions_markers_is_short_after_a_small_batch_and_long_after_a_large(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aiokafka.producer.sender as sender
+
+    monkeypatch.setattr(sender, "BACKOFF_OVERRIDE", sender.BACKOFF_OVERRIDE)  # restored after the test
+    sequencer, loop = rig(transactional=True)
+    many = [join(f"t{i}") for i in range(sequencer_module.SMALL_BATCH + 1)]
+    await loop.process(COMMANDS, commands(configure(), *many))
+    assert sender.BACKOFF_OVERRIDE == sequencer_module.CONCURRENT_RETRY_LARGE_MS / 1000  # let the next batch grow
+    await loop.process(COMMANDS, commands(join("late"), first_offset=len(many) + 1))
+    assert sender.BACKOFF_OVERRIDE == sequencer_module.CONCURRENT_RETRY_SMALL_MS / 1000  # the next join waits less
