@@ -17,7 +17,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from support.http import create_room, settle
+from support.http import create_room_eventually, settle
 from support.kafka_log import read_topic
 from support.waiting import eventually
 
@@ -48,7 +48,8 @@ async def test_kafka_restarted_under_load_loses_no_acknowledged_join(stack: Stac
     #: when the restart was asked for, and when podman had started the container again
     restart: list[float] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(30, connect=5)) as http:
-        await create_room(http, ticketing.admin_url, ROOM, capacity=CAPACITY)
+        # a fresh broker's first transactions may outlast the API's wait (a 202): see the helper
+        await create_room_eventually(http, ticketing.admin_url, ticketing.url, ROOM, capacity=CAPACITY)
 
         async def join() -> None:
             key = f"restart-{uuid4().hex}"
