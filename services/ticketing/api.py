@@ -761,7 +761,7 @@ def create_public_app(services: Services, *, max_body_bytes: int = 64 * 1024) ->
     app.state.services = services
     # The visitors' routes go straight into the app's route list, not through include_router: since
     # FastAPI 0.16x an included router is matched as a nested branch (its candidates, then the route
-    # again inside it, with scope bookkeeping at each level), which was about a fifth of an
+    # again inside it, with scope bookkeeping at each level), which was about a quarter of an
     # in-process status call (docs/benchmarks.md, Surge capacity). The router only carries tags.
     app.router.routes.extend(public.routes)
 

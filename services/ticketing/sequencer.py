@@ -94,9 +94,8 @@ class OwnedPartition:
     next_offset: int = 0
     events_replayed: int = 0
     #: events queued in the open transaction, not yet acknowledged
-    deliveries: list[asyncio.Future[Any]] = field(default_factory=list)
-    #: the record count of each of those deliveries' batches (with a hand-off, see Committed)
-    delivery_counts: list[int] = field(default_factory=list)
+    #: (delivery, record count) of each record batch queued: the count places its last event
+    deliveries: list[tuple[asyncio.Future[Any], int]] = field(default_factory=list)
     #: the open transaction's events, in log order (with a hand-off)
     committing: list[RoomEvent] = field(default_factory=list)
     #: room-events offset of the last event appended in the open transaction (with a hand-off)
@@ -498,16 +497,12 @@ class Sequencer(Component):
                 encoded.append(encode(event, extra))
         if encoded:
             owned.events_since_snapshot += len(encoded)
-            batches = await queue_record_batches(
-                owned.producer, self._topics.room_events.name, owned.partition, encoded
+            owned.deliveries.extend(
+                await queue_record_batches(owned.producer, self._topics.room_events.name, owned.partition, encoded)
             )
-            owned.delivery_counts.extend(count for _, count in batches)
-            deliveries = [delivery for delivery, _ in batches]
-            if self._options.transactional:
-                # awaited together with the offsets' request (see _CommandLoop.commit): one round trip less
-                owned.deliveries.extend(deliveries)
-            else:
-                owned.deliveries.extend(deliveries)
+            # with transactions: awaited together with the offsets' request (see _CommandLoop.commit),
+            # one round trip less
+            if not self._options.transactional:
                 await _delivered_all(owned)
         return refused
 
@@ -706,7 +701,6 @@ class _CommandLoop(ConsumerLoop[Command]):
                             await self._delivered(owned)  # before the commit (aiokafka does not flush)
                         finally:
                             owned.deliveries.clear()
-                            owned.delivery_counts.clear()
                 else:
                     handled = await super().process(tp, records)
             except Exception:  # noqa: BLE001 - any failure: the log decides what happened
@@ -765,14 +759,13 @@ class _CommandLoop(ConsumerLoop[Command]):
 
 
 async def _delivered_all(owned: OwnedPartition) -> None:
-    deliveries, owned.deliveries = owned.deliveries, []
-    counts, owned.delivery_counts = owned.delivery_counts, []
-    if deliveries:
-        delivered = await asyncio.gather(*deliveries)
+    batches, owned.deliveries = owned.deliveries, []
+    if batches:
+        delivered = await asyncio.gather(*(delivery for delivery, _ in batches))
         _note_delivered(owned, delivered)
         last = delivered[-1]
-        if counts and last is not None and last.offset >= 0:
-            owned.appended_upto = last.offset + counts[-1] - 1
+        if last is not None and last.offset >= 0:
+            owned.appended_upto = last.offset + batches[-1][1] - 1
 
 
 def _note_delivered(owned: OwnedPartition, delivered: Sequence[Any]) -> None:
