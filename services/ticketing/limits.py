@@ -86,8 +86,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._in_headers = True
         #: when this request's first bytes (or the connection) came, while its headers are awaited
         self._headers_since: float | None = self.loop.time()
-        sweep = _SWEEPS.get(self.server_state)
-        if sweep is None or sweep.cancelled():
+        if self.server_state not in _SWEEPS:  # a sweep runs while the server has connections
             every_s = min(1.0, self.header_timeout_s / 4)
             _SWEEPS[self.server_state] = self.loop.call_later(every_s, _sweep, self.loop, self.server_state, every_s)
         if len(self.connections) > self.max_connections:
