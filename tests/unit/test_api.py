@@ -475,6 +475,32 @@ async def test_a_guessable_idempotency_key_is_refused_with_a_code(api: Any, key:
     assert not [m for m in api.log.published if isinstance(m, JoinRequested)], "nothing may be published"
 
 
+async def test_a_malformed_idempotency_key_is_refused_as_a_header_parameter_would_be(api: Any) -> None:
+    # the handler reads the header itself (no FastAPI Header parameter): the answer must stay the one
+    # FastAPI's validation gave, field and all, and the first of two headers is the one checked
+    await _room(api, capacity=1)
+    headers = [("Idempotency-Key", "not a key!"), ("Idempotency-Key", "3f1c9e2a-5b7d-4c8e-9a6f-0d2b4e6a8c1f")]
+    response = await api.http.post("/v1/rooms/r1/tickets", headers=headers)
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "invalid_request",
+        "detail": "the request is not valid: header.Idempotency-Key: String should match pattern "
+        "'^[A-Za-z0-9._:-]{16,128}$'",
+        "fields": [
+            {
+                "loc": ["header", "Idempotency-Key"],
+                "msg": "String should match pattern '^[A-Za-z0-9._:-]{16,128}$'",
+                "type": "string_pattern_mismatch",
+            }
+        ],
+    }
+    assert not [m for m in api.log.published if isinstance(m, JoinRequested)], "nothing may be published"
+    good = await api.http.post("/v1/rooms/r1/tickets", headers={"idempotency-key": headers[1][1]})
+    assert good.status_code == 201
+    joins = [m for m in api.log.published if isinstance(m, JoinRequested)]
+    assert [m.idempotency_key for m in joins] == [headers[1][1]]
+
+
 async def test_a_replay_after_the_ticket_ended_answers_410_and_hands_out_no_token(api: Any) -> None:
     await _room(api, capacity=1)
     key = {"Idempotency-Key": "3f1c9e2a-5b7d-4c8e-9a6f-0d2b4e6a8c1f"}
