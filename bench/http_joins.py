@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,16 @@ from bench.common import (
     write_section,
 )
 from bench.loadgen import LoadResult, RequestSpec, run_load, wrk_available
+from bench.stack import dev_stack
+from waitroom_devtools import devstack
 from waitroom_devtools.procs import ServiceProcess, free_port
 from waitroom_platform.logging import configure_logging
 
 SECTION = "Ticketing HTTP"
+SYSTEM_SUFFIX = ", whole system"  # the section of ``--system dev``
 JOIN_ROOM = "bench-joins"
 HEARTBEAT_ROOM = "bench-heartbeats"
+HEARTBEAT_ROOM_TIMEOUT_S = 3600.0
 
 
 @dataclass
@@ -66,6 +71,15 @@ class Row:
     server_cores: float | None
     broker_cores: float | None
     machine_cores: float | None
+    #: with ``--system dev``: each other service of the stack (moto, reaper, notifier, stats)
+    others: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def others_cores(self) -> float | None:
+        """The other services together (None without them, or when one could not be read)."""
+        if not self.others or None in self.others.values():
+            return None
+        return sum(c for c in self.others.values() if c is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,6 +94,13 @@ def start_servers(
     ticketing = ticketing_process(
         broker.bootstrap, topics, work_dir, telemetry=telemetry, WAITROOM_TICKETING_WORKERS=str(workers)
     ).start()
+    baseline = start_baseline(work_dir, workers)
+    ticketing.wait_ready(120)
+    return ticketing, baseline
+
+
+def start_baseline(work_dir: Path, workers: int) -> ServiceProcess:
+    """``bench/baseline_app.py`` on a free port, served as ticketing is; ready when this returns."""
     port = free_port()
     baseline = ServiceProcess(
         "baseline",
@@ -89,15 +110,14 @@ def start_servers(
         ready_url=f"http://127.0.0.1:{port}/readyz",
         args=("--port", str(port), "--workers", str(workers)),
     ).start()
-    ticketing.wait_ready(120)
     baseline.wait_ready(60)
-    return ticketing, baseline
+    return baseline
 
 
-def create_room(base: str, admin: str, room_id: str, capacity: int) -> None:
+def create_room(base: str, admin: str, room_id: str, capacity: int, token: str = ADMIN_TOKEN, **config: object) -> None:
     """Create the room on the admin listener ``admin``; wait until the public one ``base`` shows it."""
     with httpx.Client(timeout=30) as http:
-        common.create_room(http, admin, base, room_id, {"capacity": capacity}, ADMIN_TOKEN)
+        common.create_room(http, admin, base, room_id, {"capacity": capacity, **config}, token)
 
 
 async def _join_many(base: str, room_id: str, count: int, concurrency: int) -> list[dict[str, Any]]:
@@ -143,9 +163,11 @@ def bearer(ticket: dict[str, Any]) -> str:
     return f"Bearer {ticket['ticket_token']}"
 
 
-def prepare_tickets(base: str, admin: str, count: int, capacity: int) -> Prepared:
+def prepare_tickets(base: str, admin: str, count: int, capacity: int, token: str = ADMIN_TOKEN) -> Prepared:
     """``count`` issued tickets in their own room: the first ``capacity`` admitted, the rest waiting."""
-    create_room(base, admin, HEARTBEAT_ROOM, capacity)
+    # The reaper of ``--system dev`` expires a ticket silent for its room's heartbeat timeout: the
+    # prepared tickets wait through the rows before theirs, so their room allows an hour.
+    create_room(base, admin, HEARTBEAT_ROOM, capacity, token, heartbeat_timeout_s=HEARTBEAT_ROOM_TIMEOUT_S)
     say(f"joining {count} tickets for the heartbeat and status runs ...")
     tickets = asyncio.run(_join_many(base, HEARTBEAT_ROOM, count, concurrency=32))
     return Prepared(
@@ -181,8 +203,13 @@ def measure(
     targets: dict[str, ServiceProcess],
     broker: Broker,
     rate: float | None = None,
+    others: dict[str, int] | None = None,
 ) -> list[Row]:
-    """One row per target; with ``rate``, open-loop at that many requests per second (latency rows)."""
+    """One row per target; with ``rate``, open-loop at that many requests per second (latency rows).
+
+    ``others``: the stack's other processes (``--system dev``), whose CPU is measured with the
+    waitroom rows.
+    """
     rows = []
     for target, proc in targets.items():
         url = base_url(proc)
@@ -190,7 +217,8 @@ def measure(
             run_load(
                 client, url, specs, connections=args.connections, duration_s=args.warmup, max_requests=0, rate=rate
             )
-        meter = CpuMeter({"server": proc.pid, "broker": broker.pid})
+        extra = {f"other {name}": pid for name, pid in (others or {}).items()} if target == "waitroom" else {}
+        meter = CpuMeter({"server": proc.pid, "broker": broker.pid, **extra})
         spy = start_profile(args.profile, f"{re.sub(r'[^A-Za-z0-9.]+', '-', shape).strip('-')}-{target}", proc.pid)
         meter.start()
         result = run_load(
@@ -209,7 +237,8 @@ def measure(
             f"  {shape:9} {target:9} {result.throughput:8.0f} req/s  p99 {result.p99_ms:7.1f} ms  "
             f"errors {result.errors}"
         )
-        rows.append(Row(shape, target, result, cores.get("server"), cores.get("broker"), cores.get("machine")))
+        other = {name.removeprefix("other "): cores.get(name) for name in extra}
+        rows.append(Row(shape, target, result, cores.get("server"), cores.get("broker"), cores.get("machine"), other))
     return rows
 
 
@@ -243,6 +272,7 @@ def results_table(rows: list[Row]) -> str:
         "server CPU (cores)",
         "server CPU ms/request",
         "Kafka CPU (cores)",
+        "other services CPU (cores)",
         "whole machine busy (cores)",
     ]
     body = [
@@ -261,11 +291,29 @@ def results_table(rows: list[Row]) -> str:
             _f(r.server_cores),
             _f(_cpu_ms_per_request(r)),
             _f(r.broker_cores),
+            _f(r.others_cores),
             _f(r.machine_cores),
         ]
         for r in rows
     ]
     return markdown_table(headers, body)
+
+
+def others_table(rows: list[Row]) -> str | None:
+    """CPU of each other service during the waitroom rows (``--system dev``), in cores and per request."""
+    ours = [r for r in rows if r.others]
+    if not ours:
+        return None
+    names = list(ours[0].others)
+    body = []
+    for r in ours:
+        cells: list[object] = [r.shape]
+        for name in names:
+            cores = r.others.get(name)
+            per = None if cores is None or r.result.throughput <= 0 else cores / r.result.throughput * 1000
+            cells.append(None if cores is None else f"{cores:.2f} ({per:.2f} ms)")
+        body.append(cells)
+    return markdown_table(["shape (waitroom rows)", *(f"{n}: cores (ms/request)" for n in names)], body)
 
 
 def ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
@@ -324,10 +372,15 @@ def reading(rows: list[Row], cpus: int) -> list[str]:
         )
     join, bare = by.get(("join", "waitroom")), by.get(("join", "baseline"))
     if join and bare and join.server_cores and join.broker_cores is not None and bare.server_cores:
-        ours = (join.server_cores + join.broker_cores) / join.result.throughput * 1000
+        ours = (join.server_cores + join.broker_cores + (join.others_cores or 0)) / join.result.throughput * 1000
         theirs = bare.server_cores / bare.result.throughput * 1000
+        who = (
+            "ticketing with its sequencer, Kafka and the other services"
+            if join.others_cores is not None
+            else "ticketing with its sequencer, and Kafka"
+        )
         lines.append(
-            f"- join, all processes together (ticketing with its sequencer, and Kafka): {ours:.2f} ms of CPU per "
+            f"- join, all processes together ({who}): {ours:.2f} ms of CPU per "
             f"join against the bare endpoint's {theirs:.2f} ms ({ours / theirs:.1f}×; the target is at most 3×)."
         )
     for shape, row in by.items():
@@ -354,12 +407,21 @@ def report(args: argparse.Namespace, client: str, client_note: str, broker: Brok
         run_facts(broker),
         f"- load generator: {client_note}; {args.connections} connections, {args.threads} thread(s), "
         f"{args.duration:g} s per row after a {args.warmup:g} s warm-up, at most {args.max_requests} requests per row",
-        f"- ticketing: one process (API + sequencer), {args.partitions} partitions per room topic, join rate "
-        "limit off, transactions on, INFO logs, "
-        + (
-            "telemetry per this environment's OTEL_* settings"
-            if args.telemetry
-            else "telemetry off (OTEL_SDK_DISABLED)"
+        (
+            "- the system: all of it as `make dev` starts it (`bench/stack.py`, the services of "
+            "`waitroom_devtools.devstack`, each its own process: ticketing with API and sequencer in one, "
+            f"moto, reaper, notifier, stats), development settings, {args.partitions} partitions per room topic, "
+            "only ticketing's join rate limit per client address off; the other services' CPU is the column "
+            "'other services'"
+            if args.system == "dev"
+            else f"- ticketing: one process (API + sequencer), {args.partitions} partitions per room topic, join "
+            "rate limit off, transactions on, INFO logs, "
+            + (
+                "telemetry per this environment's OTEL_* settings"
+                if args.telemetry
+                else "telemetry off (OTEL_SDK_DISABLED)"
+            )
+            + ", no other service running"
         )
         + "; baseline: `bench/baseline_app.py`, the same uvicorn options "
         "(one process, access log off, log level warning, `Server.serve()` on uvloop, as ticketing)",
@@ -367,7 +429,8 @@ def report(args: argparse.Namespace, client: str, client_note: str, broker: Brok
         f"{args.capacity} joins wait; a 201 means the sequencer issued the ticket and the API's read model saw it "
         "(the full path through Kafka); the baseline answers a ticket-sized JSON at once",
         f"- heartbeat waiting / admitted: `POST /v1/rooms/{HEARTBEAT_ROOM}/tickets/<id>/heartbeat` cycling over "
-        f"the {n - admitted} waiting, or the {admitted} admitted, of {n} issued tickets, each with its own token "
+        f"the {n - admitted} waiting, or the {admitted} admitted, of {n} issued tickets (a room with a heartbeat "
+        f"timeout of {HEARTBEAT_ROOM_TIMEOUT_S:g} s, so none expires before its row), each with its own token "
         "(an admitted ticket's answer carries its entry token, re-signed once past half its lifetime); "
         "status: `GET` of the waiting tickets; the baseline answers the same body without checks",
         "- CPU columns: cores = CPU seconds / wall seconds of the row; client from wait4, server and Kafka from "
@@ -375,6 +438,11 @@ def report(args: argparse.Namespace, client: str, client_note: str, broker: Brok
         "",
         results_table(rows),
         "",
+        *(
+            ["The other services' CPU during the waitroom rows (what a 'whole system' row adds):", "", table, ""]
+            if (table := others_table(rows))
+            else []
+        ),
         "Ratios (the figure to compare across runs and machines):",
         "",
         ratio_table(rows),
@@ -412,6 +480,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy profiles of ticketing per row into this folder")
     parser.add_argument("--workers", type=int, default=1, help="API processes (WAITROOM_TICKETING_WORKERS)")
     parser.add_argument(
+        "--system",
+        choices=["ticketing", "dev"],
+        default="ticketing",
+        help="ticketing: the ticketing process alone on the broker (default); dev: the whole system as "
+        "`make dev` starts it (moto, reaper, notifier, stats too), their CPU measured with ticketing's",
+    )
+    parser.add_argument(
         "--telemetry",
         action="store_true",
         help="run ticketing with this environment's OTEL_* settings (default: telemetry off, like the baseline)",
@@ -438,12 +513,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("WARNING", "console", service="bench")  # library logs to stderr; stdout is the report
     client, client_note = choose_client(args.client)
-    with tempfile.TemporaryDirectory(prefix="waitroom-bench-") as tmp, broker_for_bench(Path(tmp)) as broker:
-        ticketing, baseline = start_servers(broker, Path(tmp), args.partitions, args.telemetry, args.workers)
+    section = SECTION + (SYSTEM_SUFFIX if args.system == "dev" else "")
+    with contextlib.ExitStack() as exits:
+        tmp = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="waitroom-bench-")))
+        others: dict[str, int] = {}
+        token = ADMIN_TOKEN
+        if args.system == "dev":
+            if args.workers != 1 or args.telemetry:
+                raise SystemExit("--system dev runs the stack as make dev does: no --workers or --telemetry")
+            stack = exits.enter_context(dev_stack(tmp, args.partitions))
+            broker, ticketing, ticketing_admin = stack.broker, stack.ticketing, stack.admin
+            others, token = stack.other_pids(), devstack.DEV_ADMIN_TOKEN
+            baseline = start_baseline(tmp, args.workers)
+        else:
+            broker = exits.enter_context(broker_for_bench(tmp))
+            ticketing, baseline = start_servers(broker, tmp, args.partitions, args.telemetry, args.workers)
+            ticketing_admin = admin_url(ticketing)
         try:
-            ticketing_url, ticketing_admin = base_url(ticketing), admin_url(ticketing)
-            create_room(ticketing_url, ticketing_admin, JOIN_ROOM, args.capacity)
-            prepared = prepare_tickets(ticketing_url, ticketing_admin, args.tickets, args.capacity)
+            ticketing_url = base_url(ticketing)
+            create_room(ticketing_url, ticketing_admin, JOIN_ROOM, args.capacity, token)
+            prepared = prepare_tickets(ticketing_url, ticketing_admin, args.tickets, args.capacity, token)
             targets = {"baseline": baseline, "waitroom": ticketing}
             say(f"measuring with {client}: {args.connections} connections, {args.duration:g} s per row ...")
             shapes = {
@@ -454,25 +543,26 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows = []
             for shape in args.shapes.split(","):
-                rows += measure(args, client, shape, shapes[shape], targets, broker)
+                rows += measure(args, client, shape, shapes[shape], targets, broker, others=others)
             joins = [row for row in rows if row.shape == "join" and row.target == "waitroom"]
             if joins and args.latency_at > 0:
                 # the issue's latency target: joins at a tenth of the rate ticketing just reached
                 rate = round(max(1.0, joins[0].result.throughput * args.latency_at), 1)
                 shape = f"join at {args.latency_at:.0%} ({rate:g}/s)"
                 say(f"open-loop joins at {rate:g}/s ...")
-                rows += measure(args, client, shape, shapes["join"], targets, broker, rate=rate)
+                rows += measure(args, client, shape, shapes["join"], targets, broker, rate=rate, others=others)
         except BaseException:
             say(f"ticketing log tail:\n{ticketing.log_tail()}")
             raise
         finally:
-            ticketing.stop()
+            if args.system != "dev":  # the dev stack stops its own services
+                ticketing.stop()
             baseline.stop()
         text = report(args, client, client_note, broker, rows, len(prepared.waiting) + len(prepared.admitted))
     sys.stdout.write(text + "\n")
     if args.write_docs:
-        write_section(SECTION, text)
-        say(f"wrote the '## {SECTION}' section of docs/benchmarks.md")
+        write_section(section, text)
+        say(f"wrote the '## {section}' section of docs/benchmarks.md")
     return 0
 
 
