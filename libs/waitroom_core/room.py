@@ -182,7 +182,9 @@ def _decide_join(state: RoomState, command: JoinRequested, now: float) -> list[R
     ]
     # By the invariant, a free slot in an unpaused room means nobody waits: the newcomer goes in.
     if not config.paused and state.active < config.capacity and state.waiting == 0:
-        events.append(TicketAdmitted(room_id=state.room_id, ticket_id=command.ticket_id, queue_no=queue_no, at=now))
+        events.append(
+            TicketAdmitted(room_id=state.room_id, ticket_id=command.ticket_id, queue_no=queue_no, at=now, issued_at=now)
+        )
     return events
 
 
@@ -338,7 +340,12 @@ def _admit_next(
             continue
         events.append(
             TicketAdmitted(
-                room_id=state.room_id, ticket_id=ticket.ticket_id, queue_no=ticket.queue_no, at=now, manual=manual
+                room_id=state.room_id,
+                ticket_id=ticket.ticket_id,
+                queue_no=ticket.queue_no,
+                at=now,
+                manual=manual,
+                issued_at=ticket.issued_at,
             )
         )
         if len(events) == count:

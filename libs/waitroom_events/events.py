@@ -38,6 +38,9 @@ class TicketAdmitted(Message):
     queue_no: int
     at: float
     manual: bool = False
+    #: when the ticket was issued (its ``TicketIssued.at``), so a reader gets the wait from this
+    #: event alone; absent from admissions written before it was added (docs/adr/0010)
+    issued_at: float | None = added_later()
 
 
 @message_type("waitroom.ticket.left.v1")

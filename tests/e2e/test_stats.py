@@ -145,11 +145,15 @@ async def read_raw(bootstrap: str, topic: str) -> list[tuple[bytes, list[tuple[s
 def scripted(room: str, base: float) -> tuple[list[RoomEvent], list[RoomEvent]]:
     """Two minutes of a capacity-2 room from ``base`` (a minute boundary), in two parts."""
 
+    issued_at: dict[int, float] = {}
+
     def issued(q: int, t: float) -> TicketIssued:
+        issued_at[q] = base + t
         return TicketIssued(room_id=room, ticket_id=f"t{q}", queue_no=q, at=base + t)
 
     def admitted(q: int, t: float) -> TicketAdmitted:
-        return TicketAdmitted(room_id=room, ticket_id=f"t{q}", queue_no=q, at=base + t)
+        # as the sequencer writes it: the wait comes from the admission itself
+        return TicketAdmitted(room_id=room, ticket_id=f"t{q}", queue_no=q, at=base + t, issued_at=issued_at[q])
 
     def left(q: int, t: float) -> TicketLeft:
         return TicketLeft(room_id=room, ticket_id=f"t{q}", queue_no=q, at=base + t, was_admitted=True)
@@ -267,6 +271,61 @@ async def test_a_scripted_scenario_gives_exact_window_counts_and_wait_percentile
     for s in stats_topic.messages:
         if isinstance(s, RoomStats) and s.joins_5m == 8:
             assert counts_5m(s) == BOTH and counts_1m(s) == expected_1m(base, s)
+
+
+async def read_keys(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
+    """(partition, key) of every record of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out = []
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                out += [(r.partition, r.key) for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_a_batch_of_many_rooms_folds_each_exactly_and_writes_its_tables_to_the_rooms_partition(
+    topics: TopicRegistry, launch_stats: StatsLauncher, publisher: Publisher, follow: Any, kafka_bootstrap: str
+) -> None:
+    # Everything is in the log before the worker starts, so its first batches hold every room's
+    # events interleaved. A table's changelog record must go to its room's partition (the partition
+    # a worker owns the room by, and restores it from), whatever other room's event came last.
+    base = minute_start(time.time()) - 120
+    rooms = [f"multi-{i}" for i in range(8)]
+    scripts = [scripted(room, base) for room in rooms]
+    for part in (0, 1):
+        for step in range(max(len(script[part]) for script in scripts)):
+            for script in scripts:
+                if step < len(script[part]):
+                    await publisher.publish(topics.room_events.name, script[part][step])
+    stats_topic = await follow(topics.room_stats.name)
+
+    launch_stats(topics)
+    for room in rooms:
+        snap = await stats_topic.wait_for(of_room(room, lambda s: s.joins_5m == 8), timeout=60)
+        assert isinstance(snap, RoomStats)
+        assert counts_5m(snap) == BOTH
+        assert (snap.wait_p50_s, snap.wait_p90_s, snap.wait_p99_s, snap.wait_max_s) == WAITS_5M
+        assert counts_1m(snap) == expected_1m(base, snap)
+
+    room_partition = {
+        key.decode(): partition for partition, key in await read_keys(kafka_bootstrap, topics.room_events.name)
+    }
+    assert len(set(room_partition.values())) > 1, "the rooms should spread over several partitions"
+    group = topics.commands.name.removesuffix(".commands") + ".stats"
+    for table in ("gauges", "seconds"):
+        written = await read_keys(kafka_bootstrap, f"{group}-{table}-changelog")
+        assert written, f"nothing in the {table} changelog"
+        for partition, key in written:
+            room = json.loads(key) if table == "gauges" else json.loads(key)[0]
+            assert partition == room_partition[room], f"{table} of {room} written to partition {partition}"
 
 
 async def test_killing_the_stats_worker_mid_scenario_and_restarting_it_changes_no_count(

@@ -103,7 +103,7 @@ def test_a_join_to_a_room_with_a_free_slot_issues_the_next_number_and_admits_it_
 
     assert decide(state, join("t2"), NOW) == [
         TicketIssued(room_id=ROOM, ticket_id="t2", queue_no=2, at=NOW),
-        TicketAdmitted(room_id=ROOM, ticket_id="t2", queue_no=2, at=NOW),
+        TicketAdmitted(room_id=ROOM, ticket_id="t2", queue_no=2, at=NOW, issued_at=NOW),
     ]
 
 
@@ -156,7 +156,7 @@ def test_a_leave_of_an_admitted_ticket_admits_the_oldest_waiting_one() -> None:
 
     assert decide(state, leave("t1"), NOW) == [
         TicketLeft(room_id=ROOM, ticket_id="t1", queue_no=1, at=NOW, was_admitted=True),
-        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW),
+        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW, issued_at=float(3)),
     ]
 
 
@@ -166,7 +166,7 @@ def test_an_expiry_of_an_admitted_ticket_admits_the_oldest_live_waiting_one_skip
 
     assert decide(state, expire("t2", last_heartbeat_at=7.5), NOW) == [
         TicketExpired(room_id=ROOM, ticket_id="t2", queue_no=2, at=NOW, was_admitted=True, last_heartbeat_at=7.5),
-        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW),
+        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW, issued_at=float(4)),
     ]
 
 
@@ -285,8 +285,8 @@ def test_capacity_increase_admits_as_many_as_fit_in_queue_order() -> None:
 
     assert decide(state, configure(capacity=4), NOW) == [
         configured(4, at=NOW),
-        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW),
-        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW),
+        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW, issued_at=float(3)),
+        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW, issued_at=float(4)),
     ]
 
 
@@ -295,9 +295,9 @@ def test_capacity_increase_beyond_the_queue_admits_everyone_waiting() -> None:
 
     assert decide(state, configure(capacity=10), NOW) == [
         configured(10, at=NOW),
-        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW),
-        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW),
-        TicketAdmitted(room_id=ROOM, ticket_id="t5", queue_no=5, at=NOW),
+        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW, issued_at=float(3)),
+        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW, issued_at=float(4)),
+        TicketAdmitted(room_id=ROOM, ticket_id="t5", queue_no=5, at=NOW, issued_at=float(5)),
     ]
 
 
@@ -321,7 +321,7 @@ def test_pausing_stops_admissions_and_resuming_fills_free_slots() -> None:
 
     assert decide(state, configure(paused=False), NOW + 3) == [
         configured(2, paused=False, at=NOW + 3),
-        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW + 3),
+        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW + 3, issued_at=float(3)),
     ]
 
 
@@ -334,7 +334,7 @@ def test_manual_admit_within_capacity_admits_only_up_to_the_free_slots() -> None
     evolve(state, configured(3, paused=True, at=6.0))
 
     assert decide(state, admit(3), NOW) == [
-        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW, manual=True),
+        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW, manual=True, issued_at=float(3)),
     ]
 
 
@@ -350,8 +350,8 @@ def test_manual_admit_above_capacity_exceeds_capacity_only_when_asked() -> None:
     events = decide(state, admit(2, above_capacity=True), NOW)
 
     assert events == [
-        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW, manual=True),
-        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW, manual=True),
+        TicketAdmitted(room_id=ROOM, ticket_id="t3", queue_no=3, at=NOW, manual=True, issued_at=float(3)),
+        TicketAdmitted(room_id=ROOM, ticket_id="t4", queue_no=4, at=NOW, manual=True, issued_at=float(4)),
     ]
     apply_all(state, events)
     assert (state.active, state.waiting) == (4, 1)
@@ -361,7 +361,8 @@ def test_manual_admit_of_more_than_are_waiting_admits_everyone_waiting() -> None
     state = full_room_with_queue()
 
     assert decide(state, admit(50, above_capacity=True), NOW) == [
-        TicketAdmitted(room_id=ROOM, ticket_id=f"t{n}", queue_no=n, at=NOW, manual=True) for n in (3, 4, 5)
+        TicketAdmitted(room_id=ROOM, ticket_id=f"t{n}", queue_no=n, at=NOW, manual=True, issued_at=float(n))
+        for n in (3, 4, 5)
     ]
 
 
