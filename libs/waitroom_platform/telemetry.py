@@ -161,15 +161,17 @@ def tracing() -> bool:
     return _current is None or bool(_current.span_exporters)
 
 
-def instrument_fastapi(app: Any, excluded_urls: Sequence[str] = ("/healthz", "/readyz")) -> None:
+def instrument_fastapi(app: Any, excluded_urls: Sequence[str] = ("/healthz", "/readyz")) -> bool:
     """Server spans and ``http.server`` metrics for every request, health checks excluded; nothing
-    (no middleware at all) when this process exports neither traces nor metrics."""
+    (no middleware at all) when this process exports neither traces nor metrics. Whether it
+    instrumented the app."""
     if _current is None or not _current.exporting:
-        return
+        return False
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     # The ASGI receive/send sub-spans ("http send" per body chunk) say nothing an operator needs.
     FastAPIInstrumentor.instrument_app(app, excluded_urls=",".join(excluded_urls), exclude_spans=["receive", "send"])
+    return True
 
 
 def instrument_botocore() -> None:

@@ -83,6 +83,10 @@ class ApiError(Exception):
         self.headers = headers
 
 
+#: the code and detail of a 500 (the error itself is logged, never sent)
+UNEXPECTED = ("internal_error", "unexpected error; it has been logged")
+
+
 def _error(status: int, code: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
@@ -253,7 +257,7 @@ _IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
         }
     ]
 }
-_IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY)
+IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY)
 
 
 def _join_call(request: Request) -> tuple[Services, str | None]:
@@ -267,7 +271,7 @@ def _join_call(request: Request) -> tuple[Services, str | None]:
     for name, value in request.scope["headers"]:
         if name == b"idempotency-key":
             key = value.decode("latin-1")
-            if _IDEMPOTENCY_KEY_RE.fullmatch(key) is None:
+            if IDEMPOTENCY_KEY_RE.fullmatch(key) is None:
                 raise RequestValidationError(
                     [
                         {
@@ -373,7 +377,10 @@ class Services:
     def client_key(self, request: Request) -> str:
         """The rate-limit bucket of the request's client (see ``edge.py``: trusted proxies, IPv6 /64)."""
         peer = request.client.host if request.client else None
-        return rate_limit_key(self.proxies.client(peer, request.headers.getlist("x-forwarded-for")))
+        return self.client_key_of(peer, request.headers.getlist("x-forwarded-for"))
+
+    def client_key_of(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
+        return rate_limit_key(self.proxies.client(peer, forwarded_for))
 
     async def heartbeat(self, room: RoomState | None, room_id: str, ticket_id: str) -> None:
         """Queue the ticket's heartbeat in its room's batch; wait for the log unless the rule of
@@ -561,7 +568,20 @@ admin = APIRouter(prefix="/v1/admin", tags=["operators"], dependencies=[Depends(
 )
 async def join(room_id: RoomId, request: Request) -> Response:
     svc, idempotency_key = _join_call(request)
-    retry_after = svc.limiter.acquire(svc.client_key(request), time.monotonic()) if svc.limiter.enabled else 0.0
+    status, body, headers = await join_answer(svc, room_id, idempotency_key, lambda: svc.client_key(request))
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+JoinAnswer = tuple[int, dict[str, Any], dict[str, str] | None]
+
+
+async def join_answer(
+    svc: Services, room_id: str, idempotency_key: str | None, client_key: Callable[[], str]
+) -> JoinAnswer:
+    """A join of ``room_id`` (already a valid room id; the key, if any, already matches its
+    pattern): the answer's status, body and extra headers, or an ``ApiError``. Shared by the
+    route above and the fast path of ``fastpath.py``, so both answer alike."""
+    retry_after = svc.limiter.acquire(client_key(), time.monotonic()) if svc.limiter.enabled else 0.0
     if retry_after > 0:
         raise ApiError(
             429, "rate_limited", "too many joins from this client", {"Retry-After": str(int(retry_after) + 1)}
@@ -581,7 +601,7 @@ async def join(room_id: RoomId, request: Request) -> Response:
     if existing is not None:
         if not existing.state.live:
             raise _ended(existing)  # the key is spent with its ticket: a replay returns no token
-        return JSONResponse(svc.ticket_view(room, existing, ticket_token=ticket_token), status_code=200)
+        return 200, svc.ticket_view(room, existing, ticket_token=ticket_token), None
     await svc.publish(
         svc.topics.commands.name,
         JoinRequested(room_id=room_id, ticket_id=ticket_id, requested_at=svc.clock(), idempotency_key=idempotency_key),
@@ -592,8 +612,8 @@ async def join(room_id: RoomId, request: Request) -> Response:
         raise ApiError(404, "room_not_found", f"no room {room_id!r} ({exc.reason})") from exc
     location = {"Location": f"/v1/rooms/{room_id}/tickets/{ticket_id}"}
     if ticket is None:
-        return JSONResponse(svc.pending_view(room_id, ticket_id, ticket_token), status_code=202, headers=location)
-    return JSONResponse(svc.ticket_view(room, ticket, ticket_token=ticket_token), status_code=201, headers=location)
+        return 202, svc.pending_view(room_id, ticket_id, ticket_token), location
+    return 201, svc.ticket_view(room, ticket, ticket_token=ticket_token), location
 
 
 @public.get(
@@ -905,4 +925,4 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", error=type(exc).__name__)
-        return _error(500, "internal_error", "unexpected error; it has been logged")
+        return _error(500, *UNEXPECTED)

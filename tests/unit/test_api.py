@@ -28,6 +28,7 @@ from waitroom_events.topics import topic_registry
 from waitroom_platform.settings import KafkaSettings
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
 from waitroom_ticketing.edge import TrustedProxies
+from waitroom_ticketing.fastpath import JoinFastPath
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
@@ -72,8 +73,10 @@ class FakeLog:
         self.read_model.apply(read_back)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def api() -> Any:
+@pytest.fixture(params=["fastapi", "join fast path"])
+async def api(request: pytest.FixtureRequest) -> Any:
+    """The public app as the tests call it: every test runs twice, once on the FastAPI app alone and
+    once behind ``JoinFastPath`` (as ticketing serves it without telemetry), so both answer alike."""
     read_model = ReadModel(KafkaSettings(), TOPICS.room_events.name)
     read_model._tail.caught_up.set()
     log = FakeLog(read_model)
@@ -90,14 +93,23 @@ async def api() -> Any:
     )
     public_app = create_public_app(services)
     admin_app = create_admin_app(services, public_openapi=public_app.openapi)
-    public = httpx.ASGITransport(app=public_app)
+    served: Any = public_app
+    if request.param == "join fast path":
+        served = JoinFastPath(public_app, services, max_body_bytes=64 * 1024)
+    public = httpx.ASGITransport(app=served)
     admin = httpx.ASGITransport(app=admin_app)
     async with (
         httpx.AsyncClient(transport=public, base_url="http://api") as http,
         httpx.AsyncClient(transport=admin, base_url="http://admin") as admin_http,
     ):
         yield SimpleNamespace(
-            http=http, admin=admin_http, log=log, services=services, public_app=public_app, admin_app=admin_app
+            http=http,
+            admin=admin_http,
+            log=log,
+            services=services,
+            public_app=public_app,
+            admin_app=admin_app,
+            served=served,
         )
 
 
