@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from e2e.conftest import Launcher, service_env
 from support.http import bearer, create_room, settle, ticket_status
-from support.kafka_log import read_topic
+from support.kafka_log import raw_records, read_topic
 from support.waiting import eventually
 
 from waitroom_devtools.procs import ServiceProcess, free_port
@@ -26,7 +26,6 @@ from waitroom_events.codec import encode
 from waitroom_events.events import TicketAdmitted, TicketExpired
 from waitroom_events.heartbeats import Heartbeat, HeartbeatBatch
 from waitroom_events.topics import TopicRegistry, dlq_name
-from waitroom_platform.kafka import partitions_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -275,23 +274,6 @@ async def test_a_reaper_killed_with_200_live_tickets_expires_none_that_kept_hear
     expired = await expired_events(kafka_bootstrap, topics, "crowd")
     assert set(expired) == {t["ticket_id"] for t in silent}
     assert [r.status_code for r in statuses] == [200] * len(live)
-
-
-async def raw_records(bootstrap: str, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[Any] = []
-        for tp in tps:
-            while await consumer.position(tp) < ends[tp]:
-                records.extend((await consumer.getmany(tp, timeout_ms=1000)).get(tp, []))
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def test_malformed_records_on_the_delay_and_heartbeat_topics_are_dead_lettered_and_the_reaper_keeps_working(

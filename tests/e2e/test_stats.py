@@ -19,6 +19,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from e2e.conftest import Launcher, service_env
 from support.http import admin_headers, bearer, create_room
+from support.kafka_log import raw_records
 
 from waitroom_core.windows import minute_start
 from waitroom_devtools.procs import ServiceProcess
@@ -121,21 +122,7 @@ async def publisher(kafka_bootstrap: str) -> AsyncIterator[Publisher]:
 
 
 async def read_raw(bootstrap: str, topic: str) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out = []
-        for tp in tps:
-            while await consumer.position(tp) < ends[tp]:
-                for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    out.append((r.value, list(r.headers)))
-        return out
-    finally:
-        await consumer.stop()
+    return [(r.value, list(r.headers)) for r in await raw_records(bootstrap, topic)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,20 +262,7 @@ async def test_a_scripted_scenario_gives_exact_window_counts_and_wait_percentile
 
 async def read_keys(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
     """(partition, key) of every record of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out = []
-        for tp in tps:
-            while await consumer.position(tp) < ends[tp]:
-                out += [(r.partition, r.key) for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])]
-        return out
-    finally:
-        await consumer.stop()
+    return [(r.partition, r.key) for r in await raw_records(bootstrap, topic)]
 
 
 async def test_a_batch_of_many_rooms_folds_each_exactly_and_writes_its_tables_to_the_rooms_partition(

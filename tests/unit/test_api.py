@@ -24,7 +24,7 @@ from waitroom_events.base import Message
 from waitroom_events.codec import decode, encode
 from waitroom_events.commands import Command, ExpireRequested, JoinRequested, LeaveRequested
 from waitroom_events.heartbeats import Heartbeat
-from waitroom_events.topics import topic_registry
+from waitroom_events.topics import TopicRegistry, topic_registry
 from waitroom_platform.settings import KafkaSettings
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
 from waitroom_ticketing.edge import TrustedProxies
@@ -73,24 +73,29 @@ class FakeLog:
         self.read_model.apply(read_back)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["fastapi", "join fast path"])
-async def api(request: pytest.FixtureRequest) -> Any:
-    """The public app as the tests call it: every test runs twice, once on the FastAPI app alone and
-    once behind ``JoinFastPath`` (as ticketing serves it without telemetry), so both answer alike."""
-    read_model = ReadModel(KafkaSettings(), TOPICS.room_events.name)
+def unit_services(topics: TopicRegistry, *, join_wait_s: float) -> Services:
+    """Services on a caught-up read model fed by a :class:`FakeLog` (``services.publisher``)."""
+    read_model = ReadModel(KafkaSettings(), topics.room_events.name)
     read_model._tail.caught_up.set()
-    log = FakeLog(read_model)
-    services = Services(
-        topics=TOPICS,
-        publisher=log,  # type: ignore[arg-type]
+    return Services(
+        topics=topics,
+        publisher=FakeLog(read_model),  # type: ignore[arg-type]
         read_model=read_model,
         tickets=TicketTokens("unit-ticket-secret"),
         signer=EntryTokenSigner.ephemeral("waitroom", 60),
         admin_token="admin-token-for-unit-tests",
         limiter=RateLimiter(0, 1),
-        join_wait_s=0.2,
+        join_wait_s=join_wait_s,
         publish_timeout_s=1.0,
     )
+
+
+@pytest.fixture(params=["fastapi", "join fast path"])
+async def api(request: pytest.FixtureRequest) -> Any:
+    """The public app as the tests call it: every test runs twice, once on the FastAPI app alone and
+    once behind ``JoinFastPath`` (as ticketing serves it without telemetry), so both answer alike."""
+    services = unit_services(TOPICS, join_wait_s=0.2)
+    log: FakeLog = services.publisher  # type: ignore[assignment]
     public_app = create_public_app(services)
     admin_app = create_admin_app(services, public_openapi=public_app.openapi)
     served: Any = public_app

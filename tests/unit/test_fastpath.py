@@ -12,16 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from unit.test_api import FakeLog
+from unit.test_api import FakeLog, unit_services
 
 from waitroom_events.commands import RoomConfigureRequested
 from waitroom_events.topics import topic_registry
-from waitroom_platform.settings import KafkaSettings
-from waitroom_ticketing.api import Services, create_public_app
+from waitroom_ticketing.api import create_public_app
 from waitroom_ticketing.fastpath import JoinFastPath
 from waitroom_ticketing.ratelimit import RateLimiter
-from waitroom_ticketing.read_model import ReadModel
-from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
 
 TOPICS = topic_registry("fastpath", 3)
 LIMIT = 4096
@@ -31,20 +28,9 @@ class Side:
     """One public app with its own fake log: served plain, or behind the fast path."""
 
     def __init__(self, fast: bool) -> None:
-        self.read_model = ReadModel(KafkaSettings(), TOPICS.room_events.name)
-        self.read_model._tail.caught_up.set()
-        self.log = FakeLog(self.read_model)
-        self.services = Services(
-            topics=TOPICS,
-            publisher=self.log,  # type: ignore[arg-type]
-            read_model=self.read_model,
-            tickets=TicketTokens("unit-ticket-secret"),
-            signer=EntryTokenSigner.ephemeral("waitroom", 60),
-            admin_token="admin-token-for-unit-tests",
-            limiter=RateLimiter(0, 1),
-            join_wait_s=0.1,
-            publish_timeout_s=1.0,
-        )
+        self.services = unit_services(TOPICS, join_wait_s=0.1)
+        self.read_model = self.services.read_model
+        self.log: FakeLog = self.services.publisher  # type: ignore[assignment]
         app = create_public_app(self.services, max_body_bytes=LIMIT)
         self.fast = JoinFastPath(app, self.services, max_body_bytes=LIMIT) if fast else None
         transport = httpx.ASGITransport(app=self.fast or app, raise_app_exceptions=False)
