@@ -10,6 +10,11 @@ endpoints of the same shapes, served the same way). Then, back to back, for each
 duration. Machines running other work make absolute figures noisy; the ratio ticketing/baseline of
 one run is the figure to read.
 
+``--system dev`` measures the whole system instead, as ``make dev`` starts it (``bench/stack.py``:
+moto, the reaper, the notifier and stats beside ticketing, each its own process). The other
+services' CPU goes in a column of its own and in a table per service, and the report is written to
+the section "Ticketing HTTP, whole system".
+
 The client is ``wrk`` when installed (cheap: one C thread), else the asyncio client of
 ``bench/loadgen.py``; either runs as its own process and its CPU time is reported next to the
 servers' (from /proc), so a reader can see whether the load generator was the bottleneck.
