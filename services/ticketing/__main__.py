@@ -31,7 +31,7 @@ from waitroom_ticketing.api import Services, create_admin_app, create_public_app
 from waitroom_ticketing.aws_vwr import mount_aws_vwr
 from waitroom_ticketing.console import ConsoleFeed, mount_console
 from waitroom_ticketing.edge import TrustedProxies
-from waitroom_ticketing.fastpath import JoinFastPath
+from waitroom_ticketing.fastpath import VisitorFastPath
 from waitroom_ticketing.heartbeats import HeartbeatCoalescer
 from waitroom_ticketing.limits import limited_protocol
 from waitroom_ticketing.ratelimit import RateLimiter
@@ -232,7 +232,7 @@ def build(settings: TicketingSettings) -> list[Component]:
         streams = StreamHub()
         public_asgi = mount_streams(public_app, services, streams)
         if not public_instrumented:  # with spans or metrics, every join goes through FastAPI's instrumentation
-            public_asgi = JoinFastPath(public_asgi, services, max_body_bytes=settings.max_body_bytes)
+            public_asgi = VisitorFastPath(public_asgi, services, max_body_bytes=settings.max_body_bytes)
         admin_server = HttpServer(
             http_config(admin_app, settings.admin_host, settings.admin_port, settings),
             name="admin_http",

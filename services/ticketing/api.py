@@ -572,12 +572,13 @@ async def join(room_id: RoomId, request: Request) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-JoinAnswer = tuple[int, dict[str, Any], dict[str, str] | None]
+#: an answer of a visitor call: status, JSON body, extra headers (``None``: none)
+Answer = tuple[int, dict[str, Any], dict[str, str] | None]
 
 
 async def join_answer(
     svc: Services, room_id: str, idempotency_key: str | None, client_key: Callable[[], str]
-) -> JoinAnswer:
+) -> Answer:
     """A join of ``room_id`` (already a valid room id; the key, if any, already matches its
     pattern): the answer's status, body and extra headers, or an ``ApiError``. Shared by the
     route above and the fast path of ``fastpath.py``, so both answer alike."""
@@ -624,13 +625,20 @@ async def join_answer(
 )
 async def ticket_status(room_id: RoomId, ticket_id: TicketId, request: Request) -> Response:
     svc, authorization = _ticket_call(request)
+    status, body, headers = status_answer(svc, room_id, ticket_id, authorization)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def status_answer(svc: Services, room_id: str, ticket_id: str, authorization: str | None) -> Answer:
+    """A ticket's status (ids already valid; ``authorization`` the raw header), or an ``ApiError``;
+    shared with ``fastpath.py`` like :func:`join_answer`."""
     found = _authorized_ticket(svc, room_id, ticket_id, authorization)
     if found is None:
-        return JSONResponse(svc.pending_view(room_id, ticket_id), status_code=202, headers={"Retry-After": "1"})
+        return 202, svc.pending_view(room_id, ticket_id), {"Retry-After": "1"}
     room, ticket = found
     if not ticket.state.live:
         raise _ended(ticket)
-    return JSONResponse(svc.ticket_view(room, ticket))
+    return 200, svc.ticket_view(room, ticket), None
 
 
 @public.post(
@@ -641,14 +649,20 @@ async def ticket_status(room_id: RoomId, ticket_id: TicketId, request: Request) 
 )
 async def heartbeat(room_id: RoomId, ticket_id: TicketId, request: Request) -> Response:
     svc, authorization = _ticket_call(request)
+    status, body, headers = await heartbeat_answer(svc, room_id, ticket_id, authorization)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def heartbeat_answer(svc: Services, room_id: str, ticket_id: str, authorization: str | None) -> Answer:
+    """A ticket's heartbeat, as :func:`status_answer`."""
     found = _authorized_ticket(svc, room_id, ticket_id, authorization)
     if found is not None and not found[1].state.live:
         raise _ended(found[1])
     await svc.heartbeat(found[0] if found is not None else svc.read_model.room(room_id), room_id, ticket_id)
     if found is None:
-        return JSONResponse(svc.pending_view(room_id, ticket_id), status_code=202, headers={"Retry-After": "1"})
+        return 202, svc.pending_view(room_id, ticket_id), {"Retry-After": "1"}
     room, ticket = found
-    return JSONResponse(svc.ticket_view(room, ticket))
+    return 200, svc.ticket_view(room, ticket), None
 
 
 @public.delete(

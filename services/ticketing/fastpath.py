@@ -1,21 +1,25 @@
-"""The join answered straight from the ASGI scope, in front of FastAPI.
+"""The visitors' three hottest calls answered straight from the ASGI scope, in front of FastAPI.
 
-A join is the one visitor call that every visitor makes and whose own work is small next to the
-framework's. py-spy on the join row of ``bench/http_joins.py`` put FastAPI and Starlette (the
-middleware stack, routing, the request object, the response class) at about half of the API
-loop's CPU per join, our handler and the Kafka client at the other half. ``JoinFastPath`` takes
-``POST /v1/rooms/{room_id}/tickets`` before any of it, when the request is a plain one:
+Every visitor joins, and every waiting visitor polls its status or heartbeats every few seconds.
+For these calls our own work is small next to the framework's: py-spy on the join row of
+``bench/http_joins.py`` put FastAPI and Starlette (the middleware stack, routing, the request
+object, the response class) at about half of the API loop's CPU per join. ``VisitorFastPath``
+takes, before any of it, when the request is a plain one:
 
-* the room id matches ``ROOM_ID`` and an ``Idempotency-Key``, if sent, matches its pattern;
-* the body, if any, is no larger than the public listener's limit and not chunked;
-* nothing instruments the app (no span or metric exporter: the server spans and ``http.server``
-  metrics come from FastAPI's instrumentation).
+* ``POST /v1/rooms/{room_id}/tickets`` (join): an ``Idempotency-Key``, if sent, matches its pattern;
+* ``GET /v1/rooms/{room_id}/tickets/{ticket_id}`` (status);
+* ``POST /v1/rooms/{room_id}/tickets/{ticket_id}/heartbeat``;
+
+with the ids matching their patterns, a body (if any) no larger than the public listener's limit
+and not chunked, and nothing instrumenting the app (no span or metric exporter: server spans and
+``http.server`` metrics come from FastAPI's instrumentation).
 
 Anything else goes to the FastAPI app unchanged, which also answers every refusal of the checks
-above (422, 413) as it always has. The answer is the route's own: both run ``api.join_answer``,
-and an ``ApiError`` or an unexpected error is rendered as the app's handlers render it, so a
-client cannot tell the two paths apart (``tests/unit/test_fastpath.py`` compares them). The
-route stays in the OpenAPI document, which the fast path does not change.
+above (422, 413) as it always has. The answers are the routes' own: both run
+``api.join_answer``, ``api.status_answer`` or ``api.heartbeat_answer``, and an ``ApiError`` or an
+unexpected error is rendered as the app's handlers render it, so a client cannot tell the two
+paths apart (``tests/unit/test_api.py`` runs every test on both; ``tests/unit/test_fastpath.py``
+compares their bytes). The routes stay in the OpenAPI document, which this does not change.
 """
 
 from __future__ import annotations
@@ -27,33 +31,66 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from waitroom_ticketing.api import IDEMPOTENCY_KEY_RE, ROOM_ID, UNEXPECTED, ApiError, Services, join_answer
+from waitroom_ticketing.api import (
+    IDEMPOTENCY_KEY_RE,
+    ROOM_ID,
+    TICKET_ID,
+    UNEXPECTED,
+    Answer,
+    ApiError,
+    Services,
+    heartbeat_answer,
+    join_answer,
+    status_answer,
+)
 
 log = structlog.get_logger()
 
-_JOIN_PATH = re.compile("/v1/rooms/(" + ROOM_ID.removeprefix("^").removesuffix("$") + ")/tickets")
+
+def _bare(pattern: str) -> str:
+    return pattern.removeprefix("^").removesuffix("$")
 
 
-class JoinFastPath:
+_ROOM, _TICKET = _bare(ROOM_ID), _bare(TICKET_ID)
+_JOIN = re.compile(f"/v1/rooms/({_ROOM})/tickets")
+_TICKET_PATH = re.compile(f"/v1/rooms/({_ROOM})/tickets/({_TICKET})(/heartbeat)?")
+
+
+class VisitorFastPath:
     def __init__(self, app: ASGIApp, services: Services, *, max_body_bytes: int) -> None:
         self.app = app
         self.services = services
         self.max_body_bytes = max_body_bytes
-        self.answered = 0  # joins this path answered (the rest went to the app)
+        self.answered = 0  # calls this path answered (the rest went to the app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        match = _JOIN_PATH.fullmatch(scope["path"])
-        if match is None:
+        method, path = scope["method"], scope["path"]
+        join = ticket = None
+        if method == "POST":
+            join = _JOIN.fullmatch(path)
+            if join is None:
+                ticket = _TICKET_PATH.fullmatch(path)
+                if ticket is not None and ticket.group(3) is None:
+                    ticket = None  # a POST of the ticket itself: the app's 405
+        elif method == "GET":
+            ticket = _TICKET_PATH.fullmatch(path)
+            if ticket is not None and ticket.group(3) is not None:
+                ticket = None  # a GET of the heartbeat: the app's 405
+        if join is None and ticket is None:
             await self.app(scope, receive, send)
             return
         key: str | None = None
+        authorization: str | None = None
         forwarded: list[str] = []
         for name, value in scope["headers"]:
-            if name == b"idempotency-key":
-                if key is None:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"idempotency-key":
+                if join is not None and key is None:
                     key = value.decode("latin-1")
                     if IDEMPOTENCY_KEY_RE.fullmatch(key) is None:
                         await self.app(scope, receive, send)  # the app's 422, field and all
@@ -68,21 +105,26 @@ class JoinFastPath:
             elif name == b"x-forwarded-for":
                 forwarded.append(value.decode("latin-1"))
         svc = self.services
-        client = scope.get("client")
-
-        def client_key() -> str:
-            return svc.client_key_of(client[0] if client else None, forwarded)
-
-        headers: dict[str, str] | None
         try:
-            status, body, headers = await join_answer(svc, match.group(1), key, client_key)
+            answer: Answer
+            if join is not None:
+                client = scope.get("client")
+
+                def client_key() -> str:
+                    return svc.client_key_of(client[0] if client else None, forwarded)
+
+                answer = await join_answer(svc, join.group(1), key, client_key)
+            elif ticket is not None and ticket.group(3) is None:
+                answer = status_answer(svc, ticket.group(1), ticket.group(2), authorization)
+            elif ticket is not None:
+                answer = await heartbeat_answer(svc, ticket.group(1), ticket.group(2), authorization)
         except ApiError as exc:
-            status, body, headers = exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers
+            answer = exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers
         except Exception as exc:
             log.exception("unhandled_error", error=type(exc).__name__)
-            status, body, headers = 500, {"error": UNEXPECTED[0], "detail": UNEXPECTED[1]}, None
+            answer = 500, {"error": UNEXPECTED[0], "detail": UNEXPECTED[1]}, None
         self.answered += 1
-        await _send_json(send, status, body, headers)
+        await _send_json(send, *answer)
 
 
 async def _send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None) -> None:

@@ -28,7 +28,7 @@ from waitroom_events.topics import TopicRegistry, topic_registry
 from waitroom_platform.settings import KafkaSettings
 from waitroom_ticketing.api import Services, create_admin_app, create_public_app
 from waitroom_ticketing.edge import TrustedProxies
-from waitroom_ticketing.fastpath import JoinFastPath
+from waitroom_ticketing.fastpath import VisitorFastPath
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
@@ -90,17 +90,17 @@ def unit_services(topics: TopicRegistry, *, join_wait_s: float) -> Services:
     )
 
 
-@pytest.fixture(params=["fastapi", "join fast path"])
+@pytest.fixture(params=["fastapi", "visitor fast path"])
 async def api(request: pytest.FixtureRequest) -> Any:
     """The public app as the tests call it: every test runs twice, once on the FastAPI app alone and
-    once behind ``JoinFastPath`` (as ticketing serves it without telemetry), so both answer alike."""
+    once behind ``VisitorFastPath`` (as ticketing serves it without telemetry), so both answer alike."""
     services = unit_services(TOPICS, join_wait_s=0.2)
     log: FakeLog = services.publisher  # type: ignore[assignment]
     public_app = create_public_app(services)
     admin_app = create_admin_app(services, public_openapi=public_app.openapi)
     served: Any = public_app
-    if request.param == "join fast path":
-        served = JoinFastPath(public_app, services, max_body_bytes=64 * 1024)
+    if request.param == "visitor fast path":
+        served = VisitorFastPath(public_app, services, max_body_bytes=64 * 1024)
     public = httpx.ASGITransport(app=served)
     admin = httpx.ASGITransport(app=admin_app)
     async with (

@@ -1,9 +1,9 @@
-"""The join fast path (``fastpath.py``) against the FastAPI route it stands in front of.
+"""The visitors' fast path (``fastpath.py``) against the FastAPI routes it stands in front of.
 
 ``test_api.py`` runs every API test on both. Here the two answer the same requests side by side,
 compared to the byte where the answer does not carry a fresh ticket: status, header names in
-order, error bodies; and the fast path is seen to answer the plain joins itself and to hand every
-other request to the app.
+order, error bodies; and the fast path is seen to answer the plain joins, statuses and heartbeats
+itself and to hand every other request to the app.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from unit.test_api import FakeLog, unit_services
 from waitroom_events.commands import RoomConfigureRequested
 from waitroom_events.topics import topic_registry
 from waitroom_ticketing.api import create_public_app
-from waitroom_ticketing.fastpath import JoinFastPath
+from waitroom_ticketing.fastpath import VisitorFastPath
 from waitroom_ticketing.ratelimit import RateLimiter
 
 TOPICS = topic_registry("fastpath", 3)
@@ -32,7 +32,7 @@ class Side:
         self.read_model = self.services.read_model
         self.log: FakeLog = self.services.publisher  # type: ignore[assignment]
         app = create_public_app(self.services, max_body_bytes=LIMIT)
-        self.fast = JoinFastPath(app, self.services, max_body_bytes=LIMIT) if fast else None
+        self.fast = VisitorFastPath(app, self.services, max_body_bytes=LIMIT) if fast else None
         transport = httpx.ASGITransport(app=self.fast or app, raise_app_exceptions=False)
         self.http = httpx.AsyncClient(transport=transport, base_url="http://api")
 
@@ -121,7 +121,7 @@ async def test_an_error_of_a_join_is_the_same_bytes_on_both(
         ("room id out of pattern", "/v1/rooms/no%20spaces/tickets", {}, 422),
         ("malformed Idempotency-Key", "/v1/rooms/r1/tickets", {"headers": {"Idempotency-Key": "short"}}, 422),
         ("body over the limit", "/v1/rooms/r1/tickets", {"content": b"x" * (LIMIT + 1)}, 413),
-        ("not a join", "/v1/rooms/r1/tickets/x/heartbeat", {}, 422),
+        ("ticket id out of pattern", "/v1/rooms/r1/tickets/x/heartbeat", {}, 422),
         ("trailing slash", "/v1/rooms/r1/tickets/", {}, 404),
     ],
 )
@@ -145,3 +145,30 @@ async def test_a_replayed_idempotency_key_gets_its_ticket_again_through_the_fast
     assert again.json()["ticket_id"] == first.json()["ticket_id"]
     assert again.json()["ticket_token"] == first.json()["ticket_token"]
     assert fast.fast.answered == 2
+
+
+async def test_a_status_and_a_heartbeat_are_answered_by_the_fast_path_as_the_routes_answer_them(sides: Any) -> None:
+    plain, fast = sides
+    tickets = [(await side.http.post("/v1/rooms/r1/tickets")).json() for side in sides]
+    answers = []
+    for side, ticket in zip(sides, tickets, strict=True):
+        path = f"/v1/rooms/r1/tickets/{ticket['ticket_id']}"
+        auth = {"Authorization": f"Bearer {ticket['ticket_token']}"}
+        answers.append(
+            [
+                await side.http.get(path, headers=auth),
+                await side.http.post(path + "/heartbeat", headers=auth),
+                await side.http.get(path),  # no token: 401
+                await side.http.get(path, headers={"Authorization": "Bearer not-its-token"}),  # 404
+                await side.http.post(path),  # not a route: the app's 405
+                await side.http.get(path + "/heartbeat", headers=auth),  # the app's 405
+            ]
+        )
+    for a, b in zip(*answers, strict=True):
+        assert a.status_code == b.status_code
+        assert [name for name, _ in a.headers.raw] == [name for name, _ in b.headers.raw]
+    assert [r.status_code for r in answers[1]] == [200, 200, 401, 404, 405, 405]
+    for a, b in zip(answers[0][2:], answers[1][2:], strict=True):
+        assert a.content == b.content
+    assert sorted(answers[0][0].json()) == sorted(answers[1][0].json())
+    assert fast.fast.answered == 1 + 4  # the join, then status, heartbeat, 401 and 404; not the 405s
