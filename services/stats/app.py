@@ -333,12 +333,9 @@ class _RoomFold:
         #: window key -> [bucket, offset of the last event in it, changed]
         self.buckets: dict[Any, list[Any]] = {}
         self.event: EventT | None = None  # the room's latest event: its partition is the tables'
-        self.partition = 0
-        self.offset = -1
 
     def apply(self, message: Any, event: EventT) -> None:
         offset, self.event = event.message.offset, event
-        self.partition, self.offset = event.message.partition, offset
         if offset > self.gauges_offset:
             self.gauges = evolve_gauges(self.gauges, message)
             self.gauges_offset, self.gauges_changed = offset, True
@@ -363,7 +360,7 @@ class _RoomFold:
                 self.stats.gauges[self.room_id] = {
                     **gauges_to_table(self.gauges),
                     OFFSET: self.gauges_offset,
-                    "partition": self.partition,
+                    "partition": self.event.message.partition,
                 }
             table = self.stats.seconds.table
             for window_key, (bucket, offset, changed) in self.buckets.items():

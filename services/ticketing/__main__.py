@@ -231,7 +231,7 @@ def build(settings: TicketingSettings) -> list[Component]:
         # The ticket streams (streams.py): mounted last, so the token hiding wraps tracing too.
         streams = StreamHub()
         public_asgi = mount_streams(public_app, services, streams)
-        if not public_instrumented:  # with spans or metrics, every join goes through FastAPI's instrumentation
+        if not public_instrumented:  # with spans or metrics, every call goes through FastAPI's instrumentation
             public_asgi = VisitorFastPath(public_asgi, services, max_body_bytes=settings.max_body_bytes)
         admin_server = HttpServer(
             http_config(admin_app, settings.admin_host, settings.admin_port, settings),

@@ -87,8 +87,13 @@ class ApiError(Exception):
 UNEXPECTED = ("internal_error", "unexpected error; it has been logged")
 
 
+def error_body(code: str, detail: Any) -> dict[str, Any]:
+    """The body of every error answer (the fast path of ``fastpath.py`` renders it too)."""
+    return {"error": code, "detail": detail}
+
+
 def _error(status: int, code: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, detail), status_code=status, headers=headers)
 
 
 class BrandingBody(BaseModel):

@@ -39,6 +39,7 @@ from waitroom_ticketing.api import (
     Answer,
     ApiError,
     Services,
+    error_body,
     heartbeat_answer,
     join_answer,
     status_answer,
@@ -119,10 +120,10 @@ class VisitorFastPath:
             elif ticket is not None:
                 answer = await heartbeat_answer(svc, ticket.group(1), ticket.group(2), authorization)
         except ApiError as exc:
-            answer = exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers
+            answer = exc.status, error_body(exc.code, exc.detail), exc.headers
         except Exception as exc:
             log.exception("unhandled_error", error=type(exc).__name__)
-            answer = 500, {"error": UNEXPECTED[0], "detail": UNEXPECTED[1]}, None
+            answer = 500, error_body(*UNEXPECTED), None
         self.answered += 1
         await _send_json(send, *answer)
 
