@@ -56,7 +56,7 @@ class RunningStack:
         return [name for name, proc in self.stack.procs.items() if not proc.alive()]
 
 
-def _soak_services(ticketing_env: Mapping[str, str]) -> list[devstack.DevService]:
+def _bench_services(ticketing_env: Mapping[str, str]) -> list[devstack.DevService]:
     """``devstack.SERVICES`` as they are, but ticketing without the join limit per client address
     (and with ``ticketing_env`` on top)."""
     extra = {"WAITROOM_TICKETING_JOIN_RATE_PER_IP": "0", **ticketing_env}
@@ -78,7 +78,7 @@ def dev_stack(
             broker = exits.enter_context(broker_for_bench(work_dir))
         else:
             broker = Broker(bootstrap, f"the cluster at {bootstrap}", None)
-        prefix = f"soak{uuid4().hex[:8]}"
+        prefix = f"stack{uuid4().hex[:8]}"
         registry = topic_registry(prefix, partitions)
         asyncio.run(ensure_topics(broker.bootstrap, registry.all()))
         data_dir = work_dir / "dev"
@@ -86,7 +86,7 @@ def dev_stack(
         api_port, admin_port = free_ports(2)
         ctx = devstack.DevContext(data_dir, broker.bootstrap, prefix, partitions, api_port, admin_port)
         ctx.otel_env = devstack.telemetry_env(None)
-        stack = devstack.Stack(ctx, _soak_services(ticketing_env or {}))
+        stack = devstack.Stack(ctx, _bench_services(ticketing_env or {}))
         say(f"starting the dev stack (topics under {prefix}) ...")
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the dev command's lines are progress here
