@@ -59,7 +59,7 @@ from waitroom_events.codec import encode
 from waitroom_events.events import RoomEvent, StateEvent, TicketAdmitted
 from waitroom_events.stats import RoomStats
 from waitroom_events.topics import TopicSpec
-from waitroom_platform.consume import decode_as
+from waitroom_platform.consume import Accepts, decode_as
 from waitroom_platform.kafka import (
     consume_span,
     dead_letter,
@@ -217,10 +217,7 @@ class Stats:
         folds: dict[str, _RoomFold] = {}
         spans = tracing()
         for event in events:
-            message = decode_as(as_record(event), RoomEvent)
-            if isinstance(message, BaseException):
-                await self._dead_letter(event, message)
-                continue
+            message = await self._decoded(event, RoomEvent)
             if not isinstance(message, StateEvent):
                 continue
             fold = folds.get(message.room_id)
@@ -271,10 +268,7 @@ class Stats:
     # ---------------------------------------------------------------- thresholds
 
     async def on_snapshot(self, event: EventT) -> None:
-        message = decode_as(as_record(event), Message)
-        if isinstance(message, BaseException):
-            await self._dead_letter(event, message)
-            return
+        message = await self._decoded(event, Message)
         if not isinstance(message, RoomStats):
             return
         with consume_span(as_record(event), self.settings.group, message):
@@ -308,6 +302,14 @@ class Stats:
             record = encode(message, outgoing_headers())
             delivery = await topic.send(key=record.key, value=record.value, headers=record.headers, partition=partition)
         await delivery
+
+    async def _decoded(self, event: EventT, kind: Accepts) -> Any:
+        """The event's message, or None once a record that does not decode went to the dead letters."""
+        message = decode_as(as_record(event), kind)
+        if isinstance(message, BaseException):
+            await self._dead_letter(event, message)
+            return None
+        return message
 
     async def _dead_letter(self, event: EventT, error: BaseException) -> None:
         """The platform's dead letter of the record, sent with faust's producer."""
