@@ -162,6 +162,7 @@ def sequencer_options(settings: TicketingSettings) -> SequencerOptions:
         snapshot_every_s=settings.snapshot_every_s,
         snapshot_keep_ended_s=settings.snapshot_keep_ended_s,
         session_timeout_ms=settings.session_timeout_ms,
+        transactional_ids=settings.transactional_ids,
     )
 
 

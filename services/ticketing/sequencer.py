@@ -80,6 +80,16 @@ CONCURRENT_RETRY_SMALL_MS = 1
 CONCURRENT_RETRY_LARGE_MS = 5
 #: a batch of at most this many commands is small
 SMALL_BATCH = 16
+#: transactional ids per partition every takeover fences, whatever ``SequencerOptions.transactional_ids``
+#: uses: an owner of a version that uses both is fenced by one that uses only the first
+FENCED_IDS = 2
+
+
+def transactional_id(commands_topic: str, partition: int, index: int) -> str:
+    """The ``index``-th transactional id of a partition's sequencer: ``<commands>.sequencer-<p>``
+    (the only one before ADR 0009's amendment of 2026-12-02), then ``<commands>.sequencer-<p>.1``."""
+    base = f"{commands_topic}.sequencer-{partition}"
+    return base if index == 0 else f"{base}.{index}"
 
 
 class LogTruncated(RuntimeError):
@@ -89,7 +99,10 @@ class LogTruncated(RuntimeError):
 @dataclass
 class OwnedPartition:
     partition: int
-    producer: AIOKafkaProducer
+    #: the transactional producers used in turn (one plain producer without transactions)
+    producers: Sequence[AIOKafkaProducer]
+    #: which of them writes the next transaction
+    turn: int = 0
     rooms: dict[str, RoomState] = field(default_factory=dict)
     next_offset: int = 0
     events_replayed: int = 0
@@ -117,6 +130,16 @@ class OwnedPartition:
     #: the rooms being encoded for a snapshot in a worker thread: no command is decided until it ends
     encoding: asyncio.Task[Any] | None = None
 
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer of the open (or the next) transaction."""
+        return self.producers[self.turn]
+
+    def committed(self) -> None:
+        """A transaction committed: the next one goes to the other transactional id, which need not
+        wait for this one's markers (ADR 0009, amendment of 2026-12-02)."""
+        self.turn = (self.turn + 1) % len(self.producers)
+
 
 @dataclass(frozen=True)
 class SequencerOptions:
@@ -133,6 +156,9 @@ class SequencerOptions:
     snapshot_keep_ended_s: float | None = 600.0
     #: the group's session timeout: how long a dead sequencer holds its partitions (docs/adr/0007)
     session_timeout_ms: int = 3_000
+    #: transactional ids a partition's transactions alternate between (1 or 2; ADR 0009): with two,
+    #: a transaction does not wait for the previous one's commit markers
+    transactional_ids: int = 2
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -245,8 +271,9 @@ class Sequencer(Component):
             for writing in self._writing.values():
                 writing.cancel()  # half a snapshot is never read (docs/adr/0007)
             for owned in self._owned.values():
-                if owned.producer is not self._plain_producer:
-                    await owned.producer.stop()
+                for producer in owned.producers:
+                    if producer is not self._plain_producer:
+                        await producer.stop()
             self._owned.clear()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -311,17 +338,20 @@ class Sequencer(Component):
         self._failed.set()
 
     async def _release(self, owned: OwnedPartition) -> None:
-        if owned.producer is not self._plain_producer:
-            with contextlib.suppress(Exception):
-                await owned.producer.stop()
+        for producer in owned.producers:
+            if producer is not self._plain_producer:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         await self._cancel_takeover()
         async with self._lock:
             for tp in partitions:
                 owned = self._owned.pop(tp.partition, None)
-                if owned is not None and owned.producer is not self._plain_producer:
-                    await owned.producer.stop()
+                if owned is not None:
+                    for producer in owned.producers:
+                        if producer is not self._plain_producer:
+                            await producer.stop()
                 log.info("partition_released", partition=tp.partition)
 
     async def _take_ownership_retrying(self, tp: TopicPartition) -> OwnedPartition:
@@ -345,22 +375,35 @@ class Sequencer(Component):
         """Fences the partition's earlier owners and rebuilds its rooms; :meth:`_own` installs it."""
         started = time.monotonic()
         if self._options.transactional:
-            # Starting a producer with this transactional id fences every earlier owner of the
-            # partition and aborts its open transaction, before we read the log it wrote.
-            producer = make_producer(
-                self._kafka,
-                transactional_id=f"{self._topics.commands.name}.sequencer-{tp.partition}",
-                linger_ms=0,
-                max_batch_size=BATCH_BYTES,
-                retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
-            )
+            # Starting a producer with a transactional id fences every earlier owner of the
+            # partition that used it and aborts its open transaction, before we read the log it
+            # wrote. Both ids are fenced, whichever this owner uses (see FENCED_IDS).
+            producers = [
+                make_producer(
+                    self._kafka,
+                    transactional_id=transactional_id(self._topics.commands.name, tp.partition, index),
+                    linger_ms=0,
+                    max_batch_size=BATCH_BYTES,
+                    retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
+                )
+                for index in range(FENCED_IDS)
+            ]
         else:
             assert self._plain_producer is not None
-            producer = self._plain_producer
-        owned = OwnedPartition(partition=tp.partition, producer=producer)
+            producers = [self._plain_producer]
+        owned = OwnedPartition(partition=tp.partition, producers=producers)
         try:
-            if producer is not self._plain_producer:
-                await producer.start()
+            if self._options.transactional:
+                # together (a takeover's time is a failover's), each finished before any is released
+                starts = [producer.start() for producer in producers]
+                started_all = await asyncio.gather(*starts, return_exceptions=True)
+                for outcome in started_all:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                unused = producers[self._options.transactional_ids :]
+                owned.producers = producers[: self._options.transactional_ids]
+                for producer in unused:
+                    await producer.stop()  # fenced: its epoch stays raised at the coordinator
             await self._rebuild(owned)
             committed = await self._committed(tp)
         except BaseException:
@@ -638,6 +681,7 @@ class Sequencer(Component):
                     try:
                         async with owned.producer.transaction():
                             await self.send_offsets(owned, TopicPartition(commands, owned.partition))
+                        owned.committed()
                     except Exception as exc:  # noqa: BLE001 - only a hint for lag monitors: the next try sends it
                         log.warning("sequencer_offsets_failed", partition=owned.partition, error=repr(exc))
 
@@ -701,6 +745,7 @@ class _CommandLoop(ConsumerLoop[Command]):
                             await self._delivered(owned)  # before the commit (aiokafka does not flush)
                         finally:
                             owned.deliveries.clear()
+                    owned.committed()
                 else:
                     handled = await super().process(tp, records)
             except Exception:  # noqa: BLE001 - any failure: the log decides what happened

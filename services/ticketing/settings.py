@@ -81,6 +81,10 @@ class TicketingSettings(AwsVwrSettings, BaseSettings):
     #: Kafka by default, 1 s in the brokers waitroom starts; a cluster that refuses it stops
     #: ticketing with a message naming both settings
     session_timeout_ms: int = Field(default=3_000, ge=1_000, le=300_000)
+    #: transactional ids a partition's sequencer writes its transactions with in turn (ADR 0009): 2
+    #: lets a transaction start while the previous one's markers are written; 1 only for a rolling
+    #: upgrade from a version that knew one (every takeover fences both either way)
+    transactional_ids: int = Field(default=2, ge=1, le=2)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

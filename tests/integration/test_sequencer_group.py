@@ -1,8 +1,11 @@
-"""The sequencer in its consumer group on a real broker: short sessions, long takeovers, refused sessions.
+"""The sequencer in its consumer group on a real broker: fencing, short sessions, long takeovers,
+refused sessions.
 
-A takeover (fencing, the snapshot, the replay) may last longer than the group's session timeout;
-the member must stay in the group and own the partition once, not be expelled and start over. A
-session timeout the cluster refuses ends the sequencer with a message naming the setting.
+A takeover fences both of a partition's transactional ids, whichever of them the new owner writes
+with, so no earlier owner commits after it. A takeover (fencing, the snapshot, the replay) may
+last longer than the group's session timeout; the member must stay in the group and own the
+partition once, not be expelled and start over. A session timeout the cluster refuses ends the
+sequencer with a message naming the setting.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from support.kafka_log import raw_records
 from support.waiting import eventually
 
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.runtime import Misconfigured
 from waitroom_platform.settings import KafkaSettings
-from waitroom_ticketing.sequencer import OwnedPartition, Sequencer, SequencerOptions
+from waitroom_ticketing.sequencer import FENCED_IDS, OwnedPartition, Sequencer, SequencerOptions, transactional_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -75,3 +81,41 @@ async def test_a_session_timeout_below_the_clusters_floor_ends_the_sequencer_nam
         assert sequencer.takeovers == []
     finally:
         await sequencer.stop()
+
+
+@pytest.mark.parametrize("ids_used", [1, 2])
+async def test_a_takeover_fences_an_earlier_owners_open_transactions_on_both_ids(
+    kafka_bootstrap: str, topics: TopicRegistry, ids_used: int
+) -> None:
+    """An earlier owner of partition 0 (a zombie: paused, partitioned away) has a transaction open on
+    each of the partition's ids. Once a new sequencer owns the partition, neither commits, and
+    read_committed consumers never see their records, whether the new owner uses one id or two."""
+    zombies = [
+        AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, transactional_id=transactional_id(topics.commands.name, 0, index)
+        )
+        for index in range(FENCED_IDS)
+    ]
+    for index, zombie in enumerate(zombies):
+        await zombie.start()
+        await zombie.begin_transaction()
+        await (await zombie.send(topics.room_events.name, f"zombie {index}".encode(), partition=0))
+    options = SequencerOptions(f"{topics.commands.name}.group", transactional=True, transactional_ids=ids_used)
+    sequencer = Sequencer(KafkaSettings(bootstrap_servers=kafka_bootstrap), topics, options)
+    await sequencer.start()
+    run = asyncio.create_task(sequencer.run())
+    try:
+        await eventually(lambda: sequencer.ready() or run.done(), timeout=60)
+        assert not run.done()
+        assert len(sequencer._owned[0].producers) == ids_used
+        for zombie in zombies:
+            with pytest.raises(KafkaError):
+                await zombie.commit_transaction()
+        committed = await raw_records(kafka_bootstrap, topics.room_events.name, committed_only=True)
+        assert [r.value for r in committed if r.value and r.value.startswith(b"zombie")] == []
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await sequencer.stop()
+        for zombie in zombies:
+            await zombie.stop()

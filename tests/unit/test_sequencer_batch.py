@@ -196,7 +196,7 @@ class LogReplayingSequencer(Sequencer):
         self._consumer = consumer  # type: ignore[assignment]
         if not transactional:
             self._plain_producer = producer  # type: ignore[assignment]
-        self._owned[0] = OwnedPartition(partition=0, producer=producer)  # type: ignore[arg-type]
+        self._owned[0] = OwnedPartition(partition=0, producers=[producer])  # type: ignore[arg-type]
 
     async def _rebuild(self, owned: OwnedPartition) -> None:
         for offset, written in enumerate(self.producer.events()):
@@ -289,6 +289,30 @@ async def test_a_quiet_partitions_offset_is_sent_in_a_transaction_of_its_own(mon
     assert sequencer.producer.offsets == [({COMMANDS: 2}, GROUP)]
     assert sequencer.producer.transactions == ["committed", "committed"]
     assert len(sequencer.producer.events()) == 3  # the offsets' transaction holds no event
+
+
+async def test_a_partitions_transactions_alternate_between_its_transactional_ids() -> None:
+    """ADR 0009: each transaction goes to the other id than the last, so it need not wait for the
+    previous one's commit markers; the log (one partition, shared) holds every event in order."""
+    sequencer, loop = rig(transactional=True)
+    first = sequencer.producer
+    second = FakeProducer(log=first.log)
+    sequencer._owned[0].producers = [first, second]  # type: ignore[list-item]
+
+    await loop.process(COMMANDS, commands(configure(), join("a")))
+    await loop.process(COMMANDS, commands(join("b"), first_offset=2))
+    await loop.process(COMMANDS, commands(join("c"), first_offset=3))
+
+    assert first.transactions == ["committed", "committed"]
+    assert second.transactions == ["committed"]
+    assert [(offset, ticket) for offset, _, ticket in story(first)] == [
+        (0, None),
+        (1, "a"),
+        (1, "a"),
+        (2, "b"),
+        (2, "b"),
+        (3, "c"),
+    ]
 
 
 async def test_without_transactions_the_consumer_commits_the_offset_after_the_batch() -> None:
@@ -390,7 +414,7 @@ class SlowTakeover(LogReplayingSequencer):
     async def _take_ownership(self, tp: TopicPartition) -> OwnedPartition:
         producer = FakeProducer()
         self.producers.append(producer)
-        owned = OwnedPartition(partition=tp.partition, producer=producer)  # type: ignore[arg-type]
+        owned = OwnedPartition(partition=tp.partition, producers=[producer])  # type: ignore[arg-type]
         try:
             self.rebuilding.set()
             await self.release.wait()
