@@ -14,12 +14,15 @@ Every service consumes the same way, so it is written once:
 
 A handler that raises stops the loop with nothing of its chunk committed. Subclasses override the
 steps they do differently (the sequencer wraps a chunk in a Kafka transaction and commits inside
-it). :func:`read_to_end` is the other half of consuming: folding a partition up to its current end
-to rebuild state.
+it). With ``read_ahead`` the next records are fetched while a batch is handled (:class:`ReadAhead`).
+:func:`read_to_end` is the other half of consuming: folding a partition up to its current end to
+rebuild state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -42,6 +45,98 @@ Accepts: TypeAlias = Any
 Handler: TypeAlias = Callable[[TopicPartition, Sequence[tuple[Record, M]]], Awaitable[Sequence[Poison] | None]]
 
 
+class ReadAhead:
+    """Fetches a consumer's records in a task of its own, so the next ones arrive while a batch is
+    handled.
+
+    aiokafka's fetcher sends no fetch to a broker while any partition it leads there holds fetched
+    records the application has not taken yet (up to ``prefetch_backoff``). A handler that awaits
+    the broker (the sequencer's transaction) therefore holds back the fetch of everything behind
+    its batch: a command that arrives during one transaction is fetched after it ends, but
+    usually too late for the next one, and waits for two. Here the records are taken from the
+    fetcher as soon as they arrive, which lets it fetch again at once, and are buffered (at most
+    about ``limit`` of them; then fetching pauses) until :meth:`take`. A seek must :meth:`drop` the
+    partition's buffered records: the fetcher forgets its own, this buffer would not.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, *, limit: int, max_records: int) -> None:
+        self._consumer = consumer
+        self._limit = limit
+        self._max_records = max_records
+        self._buffered: dict[TopicPartition, list[Record]] = {}
+        self._count = 0
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._failure: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                await self._room.wait()
+                fetched = await self._consumer.getmany(timeout_ms=1_000, max_records=self._max_records)
+                for tp, records in fetched.items():
+                    if records:
+                        self._buffered.setdefault(tp, []).extend(records)
+                        self._count += len(records)
+                if self._count:
+                    self._arrived.set()
+                if self._count >= self._limit:
+                    self._room.clear()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it from take()
+            self._failure = exc
+            self._arrived.set()
+
+    async def take(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
+        """What is buffered, at most ``max_records`` per partition, waiting up to ``timeout_s`` for
+        something; raises what fetching raised."""
+        if not self._count and self._failure is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._arrived.wait()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self._arrived.clear()
+            if self._task is not None and self._task.done():
+                self.start()  # the next take fetches again
+            raise failure
+        taken: dict[TopicPartition, list[Record]] = {}
+        for tp, records in list(self._buffered.items()):
+            taken[tp], rest = records[:max_records], records[max_records:]
+            self._count -= len(taken[tp])
+            if rest:
+                self._buffered[tp] = rest
+            else:
+                del self._buffered[tp]
+        self._settle()
+        return taken
+
+    def drop(self, tp: TopicPartition) -> None:
+        """Forget the partition's buffered records (it was sought, revoked or rewound)."""
+        records = self._buffered.pop(tp, None)
+        if records:
+            self._count -= len(records)
+            self._settle()
+
+    def _settle(self) -> None:
+        if not self._count:
+            self._arrived.clear()
+        if self._count < self._limit:
+            self._room.set()
+
+
 class ConsumerLoop(Generic[M]):
     def __init__(
         self,
@@ -54,11 +149,13 @@ class ConsumerLoop(Generic[M]):
         chunk_size: int | None = None,
         max_records: int = 500,
         fetch_timeout_ms: int = 500,
+        read_ahead: int = 0,
         name: str = "consumer",
     ) -> None:
         """``accepts``: the message types, or per topic name; ``producer``: where poison is parked
         (``None``: poison is only logged, for topics whose dead letters another service owns);
-        ``commit=False`` for consumers without a group (read models)."""
+        ``commit=False`` for consumers without a group (read models); ``read_ahead``: records
+        fetched ahead of the handler at most (0: none, each fetch waits for the previous batch)."""
         self.consumer = consumer
         self._accepts = accepts
         self._handler = handler
@@ -67,19 +164,26 @@ class ConsumerLoop(Generic[M]):
         self._chunk_size = chunk_size
         self._max_records = max_records
         self._fetch_timeout_ms = fetch_timeout_ms
+        self.read_ahead = ReadAhead(consumer, limit=read_ahead, max_records=max_records) if read_ahead else None
         self.name = name
 
     async def run(self) -> None:
-        while True:
-            await self.before_fetch()
-            batches = list((await self.fetch()).items())
-            for index, (tp, records) in enumerate(batches):
-                if records and not await self.process(tp, records):
-                    for other, rest in batches[index + 1 :]:
-                        if rest:
-                            self.rewind(other, rest[0].offset)
-                    break
-            await self.after_fetch(batches)
+        if self.read_ahead is not None:
+            self.read_ahead.start()
+        try:
+            while True:
+                await self.before_fetch()
+                batches = list((await self.fetch()).items())
+                for index, (tp, records) in enumerate(batches):
+                    if records and not await self.process(tp, records):
+                        for other, rest in batches[index + 1 :]:
+                            if rest:
+                                self.rewind(other, rest[0].offset)
+                        break
+                await self.after_fetch(batches)
+        finally:
+            if self.read_ahead is not None:
+                await self.read_ahead.stop()
 
     # ---------------------------------------------------------------- the steps
 
@@ -90,6 +194,8 @@ class ConsumerLoop(Generic[M]):
         """Runs after each fetch was processed."""
 
     async def fetch(self) -> Mapping[TopicPartition, list[Record]]:
+        if self.read_ahead is not None:
+            return await self.read_ahead.take(self._fetch_timeout_ms / 1000, self._max_records)
         return await self.consumer.getmany(timeout_ms=self._fetch_timeout_ms, max_records=self._max_records)
 
     def accepted(self, topic: str) -> Accepts:
@@ -150,6 +256,8 @@ class ConsumerLoop(Generic[M]):
         return True
 
     def rewind(self, tp: TopicPartition, offset: int) -> None:
+        if self.read_ahead is not None:
+            self.read_ahead.drop(tp)
         try:
             self.consumer.seek(tp, offset)
         except Exception:  # noqa: BLE001,S110 - no longer ours: its new owner reads from the committed offset

@@ -204,6 +204,7 @@ class Sequencer(Component):
         #: the takeovers of the latest assignment, run outside the group's callback (see assign)
         self._takeover: asyncio.Task[None] | None = None
         self._failed = asyncio.Event()
+        self._commands: _CommandLoop | None = None
         #: set once the group gave this member its partitions (possibly none)
         self.joined = asyncio.Event()
 
@@ -243,7 +244,8 @@ class Sequencer(Component):
 
     async def run(self) -> None:
         assert self._consumer is not None
-        commands = asyncio.get_running_loop().create_task(_CommandLoop(self, self._consumer).run())
+        self._commands = _CommandLoop(self, self._consumer)
+        commands = asyncio.get_running_loop().create_task(self._commands.run())
         failed = asyncio.get_running_loop().create_task(self._failed.wait())
         try:
             await asyncio.wait({commands, failed}, return_when=asyncio.FIRST_COMPLETED)
@@ -347,6 +349,7 @@ class Sequencer(Component):
         await self._cancel_takeover()
         async with self._lock:
             for tp in partitions:
+                self._drop_read_ahead(tp)
                 owned = self._owned.pop(tp.partition, None)
                 if owned is not None:
                     for producer in owned.producers:
@@ -417,6 +420,7 @@ class Sequencer(Component):
         """Installs a rebuilt partition (under ``_lock``): its commands resume after the last one applied."""
         assert self._consumer is not None
         self._consumer.seek(tp, owned.next_offset)
+        self._drop_read_ahead(tp)
         self._owned[tp.partition] = owned
         log.info(
             "partition_owned",
@@ -428,6 +432,11 @@ class Sequencer(Component):
         )
         owned.events_since_snapshot = owned.events_replayed
         self.maybe_snapshot(owned)
+
+    def _drop_read_ahead(self, tp: TopicPartition) -> None:
+        """Commands of ``tp`` fetched ahead from before a seek (a takeover, a revoke) are not read."""
+        if self._commands is not None and self._commands.read_ahead is not None:
+            self._commands.read_ahead.drop(tp)
 
     async def _committed(self, tp: TopicPartition) -> int:
         assert self._consumer is not None
@@ -717,6 +726,9 @@ class _CommandLoop(ConsumerLoop[Command]):
             self._hand_over,
             max_records=sequencer._options.max_batch,
             fetch_timeout_ms=200,
+            # the commands behind a batch are fetched while its transaction commits: at low load a
+            # command then waits for at most one transaction before its own (ReadAhead)
+            read_ahead=2 * sequencer._options.max_batch,
             name="sequencer",
         )
         self._sequencer = sequencer
