@@ -10,6 +10,8 @@ records are forgotten; fetching pauses at the limit; a fetch error reaches the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,16 @@ class SlowHandlerLoop(ConsumerLoop[JoinRequested]):
         return []
 
 
+@contextlib.asynccontextmanager
+async def running(loop: SlowHandlerLoop) -> AsyncIterator[None]:
+    run = asyncio.create_task(loop.run())
+    try:
+        yield
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+
 async def until(condition: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
@@ -97,8 +109,7 @@ async def until(condition: Any, timeout: float = 5.0) -> None:
 async def test_records_that_arrive_during_a_batch_are_fetched_meanwhile_and_are_the_next_batch() -> None:
     consumer = ArrivingConsumer()
     loop = SlowHandlerLoop(consumer, read_ahead=100)
-    run = asyncio.create_task(loop.run())
-    try:
+    async with running(loop):
         consumer.arrive(record(0))
         await until(lambda: loop.batches == [[0]])
         consumer.arrive(record(1))  # while batch 0's handler waits
@@ -110,16 +121,12 @@ async def test_records_that_arrive_during_a_batch_are_fetched_meanwhile_and_are_
         await until(lambda: len(loop.batches) == 2)
         loop.release.set()
         assert loop.batches == [[0], [1, 2, 3]]
-    finally:
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
 
 
 async def test_without_a_read_ahead_nothing_is_fetched_while_a_batch_is_handled() -> None:
     consumer = ArrivingConsumer()
     loop = SlowHandlerLoop(consumer, read_ahead=0)
-    run = asyncio.create_task(loop.run())
-    try:
+    async with running(loop):
         consumer.arrive(record(0))
         await until(lambda: loop.batches == [[0]])
         fetches = consumer.fetches
@@ -129,9 +136,6 @@ async def test_without_a_read_ahead_nothing_is_fetched_while_a_batch_is_handled(
         loop.release.set()
         await until(lambda: len(loop.batches) == 2)
         loop.release.set()
-    finally:
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
 
 
 async def test_a_rewound_partitions_buffered_records_are_dropped_and_others_kept() -> None:
