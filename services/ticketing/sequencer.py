@@ -273,9 +273,7 @@ class Sequencer(Component):
             for writing in self._writing.values():
                 writing.cancel()  # half a snapshot is never read (docs/adr/0007)
             for owned in self._owned.values():
-                for producer in owned.producers:
-                    if producer is not self._plain_producer:
-                        await producer.stop()
+                await self._release(owned, quiet=False)
             self._owned.clear()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -339,11 +337,17 @@ class Sequencer(Component):
         self._failure = exc
         self._failed.set()
 
-    async def _release(self, owned: OwnedPartition) -> None:
+    async def _release(self, owned: OwnedPartition, *, quiet: bool = True) -> None:
+        """Stops the partition's own producers (not the shared plain one); ``quiet``: a failure to
+        stop one is ignored (a takeover or a batch that failed already), else it is raised."""
         for producer in owned.producers:
-            if producer is not self._plain_producer:
+            if producer is self._plain_producer:
+                continue
+            if quiet:
                 with contextlib.suppress(Exception):
                     await producer.stop()
+            else:
+                await producer.stop()
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         await self._cancel_takeover()
@@ -352,9 +356,7 @@ class Sequencer(Component):
                 self._drop_read_ahead(tp)
                 owned = self._owned.pop(tp.partition, None)
                 if owned is not None:
-                    for producer in owned.producers:
-                        if producer is not self._plain_producer:
-                            await producer.stop()
+                    await self._release(owned, quiet=False)
                 log.info("partition_released", partition=tp.partition)
 
     async def _take_ownership_retrying(self, tp: TopicPartition) -> OwnedPartition:
