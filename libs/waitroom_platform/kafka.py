@@ -101,6 +101,28 @@ def consume_span(
 
 
 @contextmanager
+def handed_over_span(
+    topic: str, partition: int, group: str, message: Message, headers: Headers | None
+) -> Iterator[trace.Span]:
+    """The CONSUMER span of a command handed to the sequencer by the API of its own process, not
+    read from ``topic`` (docs/adr/0011): as ``consume_span``, continuing the trace of the request
+    whose context ``headers`` carry, with ``waitroom.handed_over`` set and no offset."""
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.consumer.group.name": group,
+        "waitroom.handed_over": True,
+        **message_attributes(message),
+    }
+    with tracer.start_as_current_span(
+        f"process {topic}", context=extract_context(headers), kind=SpanKind.CONSUMER, attributes=attributes
+    ) as span:
+        yield span
+
+
+@contextmanager
 def produce_span(topic: str, message: Message, partition: int | None = None) -> Iterator[trace.Span]:
     attributes: dict[str, Any] = {
         "messaging.system": "kafka",

@@ -316,6 +316,18 @@ class OwnLoop(Component):
         assert self.inner is not None
         await self._there(self.inner.run)
 
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> bool:
+        """Run ``callback(*args)`` on the component's loop, from any thread; ``False`` (and not
+        run) when that loop is not running (not started yet, or stopped)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return False
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # closed in between
+            return False
+        return True
+
     def drains(self) -> bool:
         return self.inner is not None and self.inner.drains()
 

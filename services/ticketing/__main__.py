@@ -36,7 +36,7 @@ from waitroom_ticketing.heartbeats import HeartbeatCoalescer
 from waitroom_ticketing.limits import limited_protocol
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import ReadModel
-from waitroom_ticketing.sequencer import Sequencer, SequencerOptions
+from waitroom_ticketing.sequencer import Sequencer, SequencerOptions, decider_of
 from waitroom_ticketing.settings import TicketingSettings
 from waitroom_ticketing.stats_view import StatsView
 from waitroom_ticketing.streams import StreamHub, bound_half_open, mount_streams
@@ -216,6 +216,8 @@ def build(settings: TicketingSettings) -> list[Component]:
             is_ready=lambda: read_model.ready() and (sequencer is None or sequencer.ready()),
             stats=stats_view,
             proxies=TrustedProxies.parse(settings.trusted_proxies),
+            # the sequencer of this process decides the joins of the rooms it owns (docs/adr/0011)
+            decide_locally=decider_of(sequencer) if sequencer is not None and settings.local_joins else None,
         )
         public_app = create_public_app(services, max_body_bytes=settings.max_body_bytes)
         admin_app = create_admin_app(

@@ -42,7 +42,7 @@ from waitroom_events.commands import (
 )
 from waitroom_events.events import RoomEvent, TicketExpired, TicketLeft
 from waitroom_events.topics import TopicRegistry
-from waitroom_platform.kafka import Publisher
+from waitroom_platform.kafka import Publisher, outgoing_headers
 from waitroom_platform.telemetry import tracing
 from waitroom_ticketing.docs import mount_docs
 from waitroom_ticketing.edge import TrustedProxies, rate_limit_key
@@ -51,6 +51,7 @@ from waitroom_ticketing.limits import AdminAuthFirst, BodyLimit
 from waitroom_ticketing.page import render_page
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import JoinRefused, ReadModel
+from waitroom_ticketing.sequencer import LocalDecider
 from waitroom_ticketing.stats_view import StatsView
 from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
 
@@ -328,6 +329,7 @@ class Services:
         stats: StatsView | None = None,
         proxies: TrustedProxies | None = None,
         heartbeats: HeartbeatCoalescer | None = None,
+        decide_locally: LocalDecider | None = None,
     ) -> None:
         self.topics = topics
         self.publisher = publisher
@@ -342,6 +344,8 @@ class Services:
         self.is_ready = is_ready or read_model.ready
         self.stats = stats
         self.proxies = proxies or TrustedProxies()
+        #: this process's own sequencer, for joins of the rooms it owns (docs/adr/0011); None: none runs here
+        self.decide_locally = decide_locally
         self.heartbeats = heartbeats or HeartbeatCoalescer(
             lambda message: publisher.publish(topics.heartbeats.name, message),
             window_s=0.0,
@@ -413,6 +417,21 @@ class Services:
         except (KafkaError, TimeoutError) as exc:
             log.warning("publish_failed", topic=topic, error=type(exc).__name__)
             raise ApiError(503, "log_unavailable", "the event log is unreachable; retry", {"Retry-After": "2"}) from exc
+
+    async def submit_join(self, command: JoinRequested) -> None:
+        """Put a join into the log; returns once it is there. This process's own sequencer decides
+        it when that sequencer owns the room (docs/adr/0011): its events are then committed and in
+        the read model, and no command record was written. Otherwise, or when that did not work
+        (the partition moved, the transaction failed or took longer than ``publish_timeout_s``),
+        it goes to ``waitroom.commands`` as a command: a join whose ticket the room knows already
+        decides nothing, so a join decided both ways still has one ticket."""
+        if self.decide_locally is not None:
+            answer = self.decide_locally(command, outgoing_headers() if tracing() else ())
+            if answer is not None:
+                done, _ = await asyncio.wait({answer}, timeout=self.publish_timeout_s)
+                if done and answer.result() is None:
+                    return
+        await self.publish(self.topics.commands.name, command)
 
     def require_ready(self) -> None:
         if not self.is_ready():
@@ -608,9 +627,8 @@ async def join_answer(
         if not existing.state.live:
             raise _ended(existing)  # the key is spent with its ticket: a replay returns no token
         return 200, svc.ticket_view(room, existing, ticket_token=ticket_token), None
-    await svc.publish(
-        svc.topics.commands.name,
-        JoinRequested(room_id=room_id, ticket_id=ticket_id, requested_at=svc.clock(), idempotency_key=idempotency_key),
+    await svc.submit_join(
+        JoinRequested(room_id=room_id, ticket_id=ticket_id, requested_at=svc.clock(), idempotency_key=idempotency_key)
     )
     try:
         ticket = await svc.read_model.wait_for_ticket(room_id, ticket_id, svc.join_wait_s)

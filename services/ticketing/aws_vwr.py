@@ -336,10 +336,7 @@ async def assign_queue_num(request: Request) -> Response:
     if facade.room(body["event_id"]) is None:
         return _answer(INVALID_EVENT, 400)
     request_id = new_request_id()
-    await svc.publish(
-        svc.topics.commands.name,
-        JoinRequested(room_id=body["event_id"], ticket_id=request_id, requested_at=svc.clock()),
-    )
+    await svc.submit_join(JoinRequested(room_id=body["event_id"], ticket_id=request_id, requested_at=svc.clock()))
     return _answer({"api_request_id": request_id})
 
 

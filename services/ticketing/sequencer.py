@@ -16,6 +16,13 @@ checks out, it replays the whole partition as before.
 
 Events go to the same partition number of ``room-events`` as their command: the topics are
 co-partitioned, and so partition ``p`` of the log has exactly one writer.
+
+In the all-in-one process the API also hands a join straight to this sequencer when it owns the
+room's partition (``offer``, docs/adr/0011): the join is decided in the partition's next
+transaction without being written to ``waitroom.commands`` and fetched back, and its events carry
+no command offset. Anything the sequencer does not decide (the partition is not owned here, the
+transaction failed) is published as a command by the API, and a join whose ticket the room knows
+already decides nothing, so nothing is lost or doubled either way.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from waitroom_platform.consume import ConsumerLoop, Poison, Record, read_to_end
 from waitroom_platform.kafka import (
     HEADER_SOURCE_OFFSET,
     consume_span,
+    handed_over_span,
     make_consumer,
     make_producer,
     outgoing_headers,
@@ -53,7 +61,7 @@ from waitroom_platform.kafka import (
     tracing,
 )
 from waitroom_platform.metrics import track_consumer_lag
-from waitroom_platform.runtime import Component, Misconfigured
+from waitroom_platform.runtime import Component, Misconfigured, OwnLoop
 from waitroom_platform.settings import KafkaSettings
 from waitroom_platform.snapshots import SnapshotStore, describe
 
@@ -94,6 +102,72 @@ def transactional_id(commands_topic: str, partition: int, index: int) -> str:
 
 class LogTruncated(RuntimeError):
     """The log no longer holds the events recovery needs (a retention time without a snapshot)."""
+
+
+class NotDecidedHere(Exception):
+    """An offered command this sequencer did not decide: the room's partition is not owned here (or
+    not yet, or no longer), or the sequencer is stopping. It goes through ``waitroom.commands``."""
+
+
+class OutcomeUnknown(Exception):
+    """The transaction that held an offered command failed: its events may or may not be in the
+    log. Publishing the command is still safe: a join whose ticket the room knows decides nothing."""
+
+
+#: the sequencer's answer to an offer, called on its loop: ``None`` once the command's events are
+#: committed (and handed to the read model); else why not (NotDecidedHere, OutcomeUnknown, or the
+#: InvalidCommand the decision raised): the command must then be published
+Reply = Callable[[BaseException | None], None]
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A command handed to the sequencer by the API of its own process (docs/adr/0011)."""
+
+    command: Command
+    #: the trace context of the request (W3C headers), carried by the events it causes
+    headers: Sequence[tuple[str, bytes]]
+    reply: Reply
+
+
+def _reply_all(offers: Sequence[Offer], error: BaseException | None) -> None:
+    for offer in offers:
+        offer.reply(error)
+
+
+#: what the API calls to hand a command over: ``decide_locally(command, trace headers)`` is a
+#: future of the sequencer's answer (see ``Reply``), or ``None`` when no sequencer runs here
+LocalDecider = Callable[[Command, Sequence[tuple[str, bytes]]], "asyncio.Future[BaseException | None] | None"]
+
+
+def decider_of(own_loop: OwnLoop) -> LocalDecider:
+    """The API's side of ``Sequencer.offer`` across threads: the sequencer runs on a loop and thread
+    of its own (``OwnLoop``), so the offer is queued onto that loop and the answer back onto the
+    caller's, each with one ``call_soon_threadsafe``."""
+
+    def decide_locally(
+        command: Command, headers: Sequence[tuple[str, bytes]]
+    ) -> asyncio.Future[BaseException | None] | None:
+        sequencer = own_loop.inner
+        if not isinstance(sequencer, Sequencer):
+            return None
+        here = asyncio.get_running_loop()
+        answer: asyncio.Future[BaseException | None] = here.create_future()
+
+        def reply(error: BaseException | None) -> None:  # on the sequencer's loop
+            with contextlib.suppress(RuntimeError):  # the caller's loop closed: nobody waits
+                here.call_soon_threadsafe(_settle, answer, error)
+
+        if not own_loop.call_soon(sequencer.offer, Offer(command, tuple(headers), reply)):
+            return None
+        return answer
+
+    return decide_locally
+
+
+def _settle(answer: asyncio.Future[BaseException | None], error: BaseException | None) -> None:
+    if not answer.done():
+        answer.set_result(error)
 
 
 @dataclass
@@ -205,6 +279,11 @@ class Sequencer(Component):
         self._takeover: asyncio.Task[None] | None = None
         self._failed = asyncio.Event()
         self._commands: _CommandLoop | None = None
+        #: commands handed over by the API of this process, per partition, not decided yet (``offer``)
+        self._offers: dict[int, list[Offer]] = {}
+        self._offered = asyncio.Event()
+        self._deciding: asyncio.Task[None] | None = None
+        self._stopping = False
         #: set once the group gave this member its partitions (possibly none)
         self.joined = asyncio.Event()
 
@@ -237,6 +316,7 @@ class Sequencer(Component):
         if self._snapshots is not None:
             await self._snapshots.start()
             self._snapshot_timer = asyncio.get_running_loop().create_task(self._snapshot_on_time())
+        self._deciding = asyncio.get_running_loop().create_task(self._decide_offered())
         await consumer.start()
         consumer.subscribe([self._topics.commands.name], listener=_Rebalance(self))
         self._untrack_lag = track_consumer_lag(consumer, self._options.group_id)
@@ -263,11 +343,18 @@ class Sequencer(Component):
             raise session_refused(self._options.session_timeout_ms) from exc
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._untrack_lag is not None:
             self._untrack_lag()
         for timer in (self._snapshot_timer, self._offsets_timer):
             if timer is not None:
                 timer.cancel()
+        if self._deciding is not None:
+            self._deciding.cancel()  # an offer in a transaction is answered OutcomeUnknown
+            await asyncio.wait({self._deciding})
+        offers, self._offers = self._offers, {}
+        for pending in offers.values():
+            _reply_all(pending, NotDecidedHere("the sequencer is stopping"))
         await self._cancel_takeover()
         async with self._lock:
             for writing in self._writing.values():
@@ -569,22 +656,144 @@ class Sequencer(Component):
         now: float,
     ) -> list[RoomEvent] | None:
         """The events of one command, already folded into its room; ``None`` if it is refused."""
-        room = owned.rooms.get(command.room_id)
-        if room is None:
-            room = RoomState(command.room_id, self._options.snapshot_keep_ended_s)
         try:
-            events = decide(room, command, now)
+            events = self._fold(owned, command, now)
         except InvalidCommand as exc:
             refused.append((record, exc))
             return None
+        owned.next_offset = record.offset + 1
+        return events
+
+    def _fold(self, owned: OwnedPartition, command: Command, now: float) -> list[RoomEvent]:
+        """The events of one command, folded into its room; raises InvalidCommand (nothing changed)."""
+        room = owned.rooms.get(command.room_id)
+        if room is None:
+            room = RoomState(command.room_id, self._options.snapshot_keep_ended_s)
+        events = decide(room, command, now)
         for event in events:
             evolve(room, event)
         if room.exists:
             owned.rooms.setdefault(command.room_id, room)
         else:
             owned.rooms.pop(command.room_id, None)  # archived (or never created)
-        owned.next_offset = record.offset + 1
         return events
+
+    # ---------------------------------------------------------------- commands handed over (ADR 0011)
+
+    def offer(self, offer: Offer) -> None:
+        """A command from the API of this process, on this sequencer's loop (see ``decider_of``).
+
+        If this sequencer owns the partition that holds the command's room, the command is decided
+        in that partition's next transaction of offers, with every other offer that arrived
+        meanwhile, and ``offer.reply(None)`` once it committed: the command never goes through
+        ``waitroom.commands``, which saves its produce and the sequencer's fetch (two of a join's
+        round trips). Otherwise the reply is NotDecidedHere at once, and the API publishes it.
+        """
+        if self._stopping:
+            offer.reply(NotDecidedHere("the sequencer is stopping"))
+            return
+        room_id = offer.command.room_id
+        partition = next((p for p, owned in self._owned.items() if room_id in owned.rooms), None)
+        if partition is None:
+            offer.reply(NotDecidedHere(f"room {room_id!r} is not in a partition this sequencer owns"))
+            return
+        self._offers.setdefault(partition, []).append(offer)
+        self._offered.set()
+
+    async def _decide_offered(self) -> None:
+        """Decides the offers, each partition's pending ones in one transaction. One pass per wake:
+        the lock is then released, so a batch of ``waitroom.commands`` waiting for it goes next."""
+        while True:
+            await self._offered.wait()
+            self._offered.clear()
+            async with self._lock:
+                pending, self._offers = self._offers, {}
+                for partition, offers in pending.items():
+                    owned = self._owned.get(partition)
+                    if owned is None:  # revoked (or failed) since it was offered
+                        _reply_all(offers, NotDecidedHere(f"partition {partition} is no longer owned here"))
+                        continue
+                    await self._commit_offers(owned, offers)
+
+    async def _commit_offers(self, owned: OwnedPartition, offers: Sequence[Offer]) -> None:
+        """Decide ``offers`` in the order they came, append their events and commit them (one
+        transaction), hand them to the read model, then answer each offer."""
+        if owned.encoding is not None:
+            await asyncio.wait({owned.encoding})  # the snapshot's thread reads these rooms
+            owned.encoding = None
+        refused: dict[int, InvalidCommand] = {}
+        try:
+            encoded = self._decide_offers(owned, offers, refused)
+            if encoded:
+                owned.events_since_snapshot += len(encoded)
+                if self._options.transactional:
+                    async with owned.producer.transaction():
+                        try:
+                            await self._append(owned, encoded)
+                        finally:
+                            owned.deliveries.clear()
+                    owned.committed()
+                else:
+                    await self._append(owned, encoded)
+        except Exception:  # noqa: BLE001 - any failure: the log decides what happened
+            owned.committing.clear()
+            _reply_all(offers, OutcomeUnknown("the transaction failed; the partition is rebuilt from the log"))
+            await self._recover_after_failure(owned, TopicPartition(self._topics.commands.name, owned.partition))
+            return
+        except BaseException:
+            _reply_all(offers, OutcomeUnknown("the sequencer stopped during the transaction"))
+            raise
+        self._hand_off(owned)
+        for index, offer in enumerate(offers):
+            offer.reply(refused.get(index))
+        if self._options.transactional:
+            small = len(offers) <= SMALL_BATCH  # see CONCURRENT_RETRY_SMALL_MS
+            compat.shorten_transaction_retry((CONCURRENT_RETRY_SMALL_MS if small else CONCURRENT_RETRY_LARGE_MS) / 1000)
+        self.maybe_snapshot(owned)
+
+    def _decide_offers(
+        self, owned: OwnedPartition, offers: Sequence[Offer], refused: dict[int, InvalidCommand]
+    ) -> list[EncodedRecord]:
+        """The encoded events of ``offers``, folded into the rooms; a refused offer's index goes
+        into ``refused`` (the API then publishes it, and the command path dead-letters it).
+        Without a command record the events name no command offset: recovery needs none, because
+        a join that is decided again (published after an unknown outcome) decides nothing."""
+        encoded: list[EncodedRecord] = []
+        now = self._clock()
+        events_topic = self._topics.room_events.name
+        traced = tracing()
+        for index, offer in enumerate(offers):
+            if traced:
+                with handed_over_span(
+                    self._topics.commands.name, owned.partition, self._options.group_id, offer.command, offer.headers
+                ) as span:
+                    try:
+                        events = self._fold(owned, offer.command, now)
+                    except InvalidCommand as exc:
+                        refused[index] = exc
+                        span.set_attribute("waitroom.refused", True)
+                        continue
+                    span.set_attribute("waitroom.events", len(events))
+                    for event in events:
+                        with produce_span(events_topic, event, owned.partition):
+                            encoded.append(encode(event, outgoing_headers()))
+            else:
+                try:
+                    events = self._fold(owned, offer.command, now)
+                except InvalidCommand as exc:
+                    refused[index] = exc
+                    continue
+                encoded.extend(encode(event, offer.headers) for event in events)
+            if self._hand_off_to is not None:
+                owned.committing.extend(events)
+        return encoded
+
+    async def _append(self, owned: OwnedPartition, encoded: Sequence[EncodedRecord]) -> None:
+        """Queue ``encoded`` on the partition's room-events and wait until the broker has them all."""
+        owned.deliveries.extend(
+            await queue_record_batches(owned.producer, self._topics.room_events.name, owned.partition, encoded)
+        )
+        await _delivered_all(owned)
 
     # ---------------------------------------------------------------- snapshots
 
@@ -821,18 +1030,26 @@ async def _delivered_all(owned: OwnedPartition) -> None:
     batches, owned.deliveries = owned.deliveries, []
     if batches:
         delivered = await asyncio.gather(*(delivery for delivery, _ in batches))
-        _note_delivered(owned, delivered)
+        _note_delivered(owned, delivered, [count for _, count in batches])
         last = delivered[-1]
         if last is not None and last.offset >= 0:
             owned.appended_upto = last.offset + batches[-1][1] - 1
 
 
-def _note_delivered(owned: OwnedPartition, delivered: Sequence[Any]) -> None:
-    """Raise the events floor to the base offset of the last batch appended (its events are
-    folded; replay after a snapshot skips them by their source offset)."""
-    offsets = [metadata.offset for metadata in delivered if metadata is not None and metadata.offset >= 0]
-    if offsets:
-        owned.events_floor = max(owned.events_floor, *offsets)
+def _note_delivered(owned: OwnedPartition, delivered: Sequence[Any], counts: Sequence[int]) -> None:
+    """Raise the events floor to just after the last event appended: every event before it is
+    folded into the rooms, so a snapshot taken now holds exactly the events before its
+    ``events_offset``. (It was the last batch's base offset, and replay skipped that batch's
+    events by their command offset. An event of a handed-over join names no command offset, so
+    replay from such a floor would fold it a second time; ``evolve`` tolerates that, but the
+    exact floor does not lean on it: docs/adr/0011.)"""
+    ends = [
+        metadata.offset + count
+        for metadata, count in zip(delivered, counts, strict=True)
+        if metadata is not None and metadata.offset >= 0
+    ]
+    if ends:
+        owned.events_floor = max(owned.events_floor, *ends)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -85,6 +85,9 @@ class TicketingSettings(AwsVwrSettings, BaseSettings):
     #: lets a transaction start while the previous one's markers are written; 1 only for a rolling
     #: upgrade from a version that knew one (every takeover fences both either way)
     transactional_ids: int = Field(default=2, ge=1, le=2)
+    #: role "all": a join whose room this process's sequencer owns is decided by it directly, not
+    #: written to waitroom.commands and fetched back (docs/adr/0011); false: every join is a command
+    local_joins: bool = True
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

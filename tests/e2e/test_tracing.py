@@ -217,6 +217,9 @@ async def test_a_join_its_admission_expiry_and_the_resulting_alert_are_one_conne
     sequencer = [s for s in by_service["waitroom-ticketing"] if s["kind"] == "CONSUMER"]
     decided = {s["attributes"].get(TYPE_ATTR) for s in sequencer}
     assert {"waitroom.join.requested.v1", "waitroom.expire.requested.v1"} <= decided, decided
+    # the all-in-one process hands its join to its own sequencer, not through waitroom.commands (ADR 0011)
+    join_decision = [s for s in sequencer if s["attributes"].get(TYPE_ATTR) == "waitroom.join.requested.v1"]
+    assert [s["attributes"].get("waitroom.handed_over") for s in join_decision] == [True], join_decision
     produced = {s["attributes"].get(TYPE_ATTR) for s in by_service["waitroom-ticketing"] if s["kind"] == "PRODUCER"}
     assert {"waitroom.ticket.issued.v1", "waitroom.ticket.admitted.v1", "waitroom.ticket.expired.v1"} <= produced
 
