@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from test_api import TOPICS, FakeLog
+from test_api import TOPICS, unit_services
 from test_hand_off import OffsetProducer, rig
 from test_sequencer_batch import COMMANDS, FakeConsumer, LogReplayingSequencer, commands, configure, join
 
@@ -22,10 +22,7 @@ from waitroom_core.room import InvalidCommand
 from waitroom_events.commands import Command, JoinRequested
 from waitroom_events.events import RoomEvent, TicketAdmitted, TicketIssued
 from waitroom_platform.runtime import OwnLoop
-from waitroom_platform.settings import KafkaSettings
 from waitroom_ticketing.api import Services
-from waitroom_ticketing.ratelimit import RateLimiter
-from waitroom_ticketing.read_model import ReadModel
 from waitroom_ticketing.sequencer import (
     NotDecidedHere,
     Offer,
@@ -34,7 +31,6 @@ from waitroom_ticketing.sequencer import (
     _CommandLoop,
     decider_of,
 )
-from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
 
 NOW = 1_000.0
 
@@ -253,20 +249,11 @@ async def test_the_api_hands_a_join_across_threads_and_gets_the_answer_on_its_ow
 
 
 def services_with(decide: Any) -> Services:
-    read_model = ReadModel(KafkaSettings(), TOPICS.room_events.name)
-    read_model._tail.caught_up.set()
-    return Services(
-        topics=TOPICS,
-        publisher=FakeLog(read_model),  # type: ignore[arg-type]
-        read_model=read_model,
-        tickets=TicketTokens("unit-ticket-secret"),
-        signer=EntryTokenSigner.ephemeral("waitroom", 60),
-        admin_token="admin-token-for-unit-tests",
-        limiter=RateLimiter(0, 1),
-        join_wait_s=0.5,
-        publish_timeout_s=0.2,
-        decide_locally=decide,
-    )
+    """The API's unit services (a fake log that sequences what is published) with ``decide``."""
+    svc = unit_services(TOPICS, join_wait_s=0.5)
+    svc.decide_locally = decide
+    svc.publish_timeout_s = 0.2  # how long a join waits for its sequencer's answer
+    return svc
 
 
 def answering(outcome: BaseException | None | str) -> Any:
