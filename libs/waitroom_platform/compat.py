@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer
 #: set by ``AIOKafkaConsumer.__init__``; the cluster client behind ``partitions_for_topic``
 CLIENT = "_client"
 #: set by ``AIOKafkaConsumer.__init__`` from its arguments, read by ``start()`` when it builds the fetcher
-FETCH_SETTINGS = ("_isolation_level", "_fetch_max_wait_ms")
+FETCH_SETTINGS = ("_isolation_level", "_fetch_max_wait_ms", "_fetch_min_bytes")
 #: ``None`` until ``start()``; settings changed after that have no effect
 FETCHER = "_fetcher"
 
@@ -49,14 +49,17 @@ def cluster_client(consumer: AIOKafkaConsumer) -> Any:
     return _get(consumer, CLIENT)
 
 
-def override_fetch_settings(consumer: AIOKafkaConsumer, *, isolation_level: str, fetch_max_wait_ms: int) -> None:
-    """Set ``isolation_level`` and ``fetch_max_wait_ms`` of a consumer that is not started yet."""
+def override_fetch_settings(
+    consumer: AIOKafkaConsumer, *, isolation_level: str, fetch_max_wait_ms: int, fetch_min_bytes: int = 1
+) -> None:
+    """Set ``isolation_level``, ``fetch_max_wait_ms`` and ``fetch_min_bytes`` of a consumer that is not started yet."""
     if _get(consumer, FETCHER) is not None:
         raise RuntimeError("the consumer is started: its fetcher already has its settings")
     for name in FETCH_SETTINGS:
         _get(consumer, name)
     consumer._isolation_level = isolation_level
     consumer._fetch_max_wait_ms = fetch_max_wait_ms
+    consumer._fetch_min_bytes = fetch_min_bytes
 
 
 def shorten_transaction_retry(seconds: float) -> None:

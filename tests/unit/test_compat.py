@@ -20,7 +20,7 @@ from waitroom_platform import compat
 from waitroom_platform.settings import KafkaSettings
 from waitroom_stats.app import Stats
 from waitroom_stats.settings import StatsSettings
-from waitroom_stats.transport import FETCH_MAX_WAIT_MS, CommittedReadTransport
+from waitroom_stats.transport import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, CommittedReadTransport
 
 UNREACHABLE = "127.0.0.1:1"
 
@@ -33,14 +33,18 @@ FAUST_HOOKS = [
         "_create_worker_consumer",
         faust_aiokafka.AIOKafkaConsumerThread._create_consumer,
     ),
-    # the offset to commit, and the bookkeeping it reads (_acked, _acked_index, _gap, _unacked_messages)
+    # the offset to commit, and the bookkeeping it reads (_acked, _acked_index, _unacked_messages)
     (faust_aiokafka.Consumer, "_new_offset", faust_aiokafka.Consumer._filter_committable_offsets),
+    # faust's record of the holes between fetched offsets, which that rule does not read
+    (faust_aiokafka.Consumer, "_add_gap", faust.transport.consumer.Consumer._drain_messages),
 ]
 
 
 @pytest.fixture
 async def consumer() -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=UNREACHABLE, isolation_level="read_committed", fetch_max_wait_ms=123)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=UNREACHABLE, isolation_level="read_committed", fetch_max_wait_ms=123, fetch_min_bytes=456
+    )
     yield consumer
     await consumer.stop()
 
@@ -52,6 +56,7 @@ async def test_an_unstarted_aiokafka_consumer_has_every_attribute_compat_reads_o
         assert hasattr(consumer, name), f"aiokafka's AIOKafkaConsumer has no {name!r} any more: review compat"
     assert consumer._isolation_level == "read_committed", "_isolation_level no longer holds the constructor's setting"
     assert consumer._fetch_max_wait_ms == 123, "_fetch_max_wait_ms no longer holds the constructor's setting"
+    assert consumer._fetch_min_bytes == 456, "_fetch_min_bytes no longer holds the constructor's setting"
     assert getattr(consumer, compat.FETCHER) is None, "_fetcher is no longer None before start()"
 
     client = compat.cluster_client(consumer)
@@ -69,9 +74,13 @@ def test_aiokafka_start_still_builds_the_fetcher_from_the_attributes_compat_over
 async def test_override_fetch_settings_changes_an_unstarted_consumer_and_refuses_a_started_one(
     consumer: AIOKafkaConsumer,
 ) -> None:
-    compat.override_fetch_settings(consumer, isolation_level="read_uncommitted", fetch_max_wait_ms=7)
+    compat.override_fetch_settings(consumer, isolation_level="read_uncommitted", fetch_max_wait_ms=7, fetch_min_bytes=9)
 
-    assert (consumer._isolation_level, consumer._fetch_max_wait_ms) == ("read_uncommitted", 7)
+    assert (consumer._isolation_level, consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (
+        "read_uncommitted",
+        7,
+        9,
+    )
     consumer._fetcher = object()  # what start() leaves there
     with pytest.raises(RuntimeError, match="started"):
         compat.override_fetch_settings(consumer, isolation_level="read_committed", fetch_max_wait_ms=7)
@@ -99,6 +108,7 @@ async def test_the_consumer_faust_builds_for_the_stats_worker_reads_committed_re
     try:
         assert consumer._isolation_level == "read_committed"
         assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+        assert consumer._fetch_min_bytes == FETCH_MIN_BYTES
     finally:
         await consumer.stop()
 
@@ -120,5 +130,5 @@ def test_aiokafka_still_retries_concurrent_transactions_after_the_module_constan
 
 def test_faust_consumer_still_keeps_the_bookkeeping_the_stats_commit_rule_reads() -> None:
     init = inspect.getsource(faust.transport.consumer.Consumer.__init__)
-    for name in ("_acked", "_acked_index", "_gap", "_unacked_messages", "_committed_offset"):
+    for name in ("_acked", "_acked_index", "_unacked_messages", "_committed_offset"):
         assert f"self.{name} =" in init, f"faust's Consumer no longer sets {name}: review waitroom_stats.transport"
