@@ -93,6 +93,18 @@ async def test_a_sequencer_killed_with_snapshots_on_loses_no_join_applies_none_t
     assert any(entry["snapshot"] is not None for entry in found), "no owner started from a snapshot"
 
 
+async def room_partition_end(bootstrap: str, topic: str, partitions: int) -> tuple[int, int]:
+    """The one partition of ``topic`` that holds records (the test's only room) and its end offset."""
+    reader = make_consumer(KafkaSettings(bootstrap_servers=bootstrap))
+    await reader.start()
+    try:
+        ends = [await read_to_end(reader, TopicPartition(topic, p), lambda _: None, None) for p in range(partitions)]
+    finally:
+        await reader.stop()
+    (held,) = [(partition, end) for partition, end in enumerate(ends) if end > 0]
+    return held
+
+
 async def corrupt_every_snapshot(bootstrap: str, topic: str, partitions: int) -> int:
     """Overwrite every chunk of every snapshot with bytes of the right shape and the wrong content."""
     latest: dict[bytes, bytes] = {}
@@ -123,7 +135,19 @@ async def test_a_restart_resumes_from_a_snapshot_and_a_corrupted_snapshot_falls_
     async with httpx.AsyncClient(timeout=30) as http:
         await create_room(http, proc.admin_url, "snap-corrupt", capacity=2)
         first = [await join(http, proc.url, "snap-corrupt") for _ in range(30)]
-        await eventually(lambda: any(e["next_offset"] > 30 for e in log_events(proc, "snapshot_written")), timeout=30)
+        # A snapshot of every event there is: the joins were decided in the API's own process
+        # (ADR 0011), without command records, so the commands offset does not count them.
+        partition, end = await room_partition_end(
+            kafka_bootstrap, topics.room_events.name, topics.room_events.partitions
+        )
+        await eventually(
+            lambda: any(
+                e["partition"] == partition and e["events_offset"] >= end - 1  # the last commit marker
+                for e in log_events(proc, "snapshot_written")
+            ),
+            timeout=30,
+            what="a snapshot of all 30 joins",
+        )
         proc.stop()
 
         # 1. a valid snapshot: recovery replays only what came after it
