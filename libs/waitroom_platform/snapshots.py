@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from waitroom_core.room import RoomState
 from waitroom_core.snapshot import Framed, Manifest, SnapshotError, decode_rooms, unframe
 from waitroom_platform.consume import Record, read_to_end
-from waitroom_platform.kafka import make_consumer, make_producer
+from waitroom_platform.kafka import make_producer, make_reader
 from waitroom_platform.settings import KafkaSettings
 
 log = structlog.get_logger()
@@ -111,7 +111,7 @@ class SnapshotStore:
             size += len(record.value)
             latest[record.key] = record.value
 
-        reader = make_consumer(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
+        reader = make_reader(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
         await reader.start()
         try:
             await read_to_end(reader, TopicPartition(self.topic, partition), keep, max_records=500)

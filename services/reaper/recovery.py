@@ -32,7 +32,7 @@ from waitroom_events.reaper import ExpiryCheck
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.consume import Poison, Record, decode_as, read_to_end
 from waitroom_platform.delayed import due_at
-from waitroom_platform.kafka import HEADER_SOURCE_OFFSET, make_consumer
+from waitroom_platform.kafka import HEADER_SOURCE_OFFSET, make_reader
 from waitroom_platform.settings import KafkaSettings
 from waitroom_platform.snapshots import Found, describe
 from waitroom_reaper.looks import Looks
@@ -74,7 +74,7 @@ class KafkaLogReader:
 @asynccontextmanager
 async def kafka_log_reader(kafka: KafkaSettings) -> AsyncIterator[LogReader]:
     """A reader for one recovery: a consumer of its own, stopped when the recovery is done."""
-    consumer = make_consumer(kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = make_reader(kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
     await consumer.start()
     try:
         yield KafkaLogReader(consumer)

@@ -53,6 +53,7 @@ from waitroom_platform.kafka import (
     handed_over_span,
     make_consumer,
     make_producer,
+    make_reader,
     outgoing_headers,
     produce_span,
     queue_record_batches,
@@ -556,7 +557,7 @@ class Sequencer(Component):
                 start = manifest.events_offset
             log.info("snapshot_found", partition=owned.partition, events_offset=start, **describe(found))
         events_tp = TopicPartition(self._topics.room_events.name, owned.partition)
-        reader = make_consumer(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
+        reader = make_reader(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
         await reader.start()
         try:
             first = (await reader.beginning_offsets([events_tp]))[events_tp]
