@@ -181,6 +181,8 @@ def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> AIOKa
 
 #: how long a reader made by :func:`make_reader` lets the broker hold a fetch at a partition's end
 READER_FETCH_WAIT_MS = 10
+#: and how much of one partition it takes per fetch: a recovery reads whole partitions
+READER_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 
 
 def make_reader(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaConsumer:
@@ -193,7 +195,8 @@ def make_reader(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaConsumer:
     rebalance, longer than its session: the group expelled it and it began again (2026-12-02).
     The reader lives for one recovery, so its idle fetches cost nothing worth the wait.
     """
-    return make_consumer(kafka, **{"fetch_max_wait_ms": READER_FETCH_WAIT_MS, **overrides})
+    defaults = {"fetch_max_wait_ms": READER_FETCH_WAIT_MS, "max_partition_fetch_bytes": READER_PARTITION_FETCH_BYTES}
+    return make_consumer(kafka, **{**defaults, **overrides})
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 5.0) -> list[int]:

@@ -111,7 +111,7 @@ class SnapshotStore:
             size += len(record.value)
             latest[record.key] = record.value
 
-        reader = make_reader(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
+        reader = make_reader(self._kafka)
         await reader.start()
         try:
             await read_to_end(reader, TopicPartition(self.topic, partition), keep, max_records=500)

@@ -74,7 +74,7 @@ class KafkaLogReader:
 @asynccontextmanager
 async def kafka_log_reader(kafka: KafkaSettings) -> AsyncIterator[LogReader]:
     """A reader for one recovery: a consumer of its own, stopped when the recovery is done."""
-    consumer = make_reader(kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = make_reader(kafka)
     await consumer.start()
     try:
         yield KafkaLogReader(consumer)

@@ -557,7 +557,7 @@ class Sequencer(Component):
                 start = manifest.events_offset
             log.info("snapshot_found", partition=owned.partition, events_offset=start, **describe(found))
         events_tp = TopicPartition(self._topics.room_events.name, owned.partition)
-        reader = make_reader(self._kafka, max_partition_fetch_bytes=8 * 1024 * 1024)
+        reader = make_reader(self._kafka)
         await reader.start()
         try:
             first = (await reader.beginning_offsets([events_tp]))[events_tp]
