@@ -50,7 +50,7 @@ def cluster_client(consumer: AIOKafkaConsumer) -> Any:
 
 
 def override_fetch_settings(
-    consumer: AIOKafkaConsumer, *, isolation_level: str, fetch_max_wait_ms: int, fetch_min_bytes: int = 1
+    consumer: AIOKafkaConsumer, *, isolation_level: str, fetch_max_wait_ms: int, fetch_min_bytes: int
 ) -> None:
     """Set ``isolation_level``, ``fetch_max_wait_ms`` and ``fetch_min_bytes`` of a consumer that is not started yet."""
     if _get(consumer, FETCHER) is not None:

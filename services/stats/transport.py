@@ -31,7 +31,8 @@ from waitroom_platform import compat
 FETCH_MAX_WAIT_MS = 200
 #: and held until this much is there (or that wait is over): a fetch per sequencer transaction
 #: (one or two room events each at a few hundred joins/s) cost the consumer's thread 0.7 ms of CPU
-#: each, 0.20 of a core at 300 joins/s; with 64 KiB it is 0.01 (docs/benchmarks.md, "Stats")
+#: each, 0.20 of a core at 300 joins/s; with 64 KiB it is 0.01 (docs/benchmarks.md, "Surge
+#: capacity", "Stats: a fetch held until 64 KiB")
 FETCH_MIN_BYTES = 64 * 1024
 
 
@@ -83,7 +84,7 @@ class _Consumer(faust_aiokafka.Consumer):
         whole tree (``merge_overlaps``) at each one, for its own ``_new_offset`` only. A
         transactional log has a hole after every transaction (its commit marker), and the tree
         holds a second of them between two commits: at 300 transactions/s that was 60 % of the
-        stats process's CPU (docs/benchmarks.md, "Stats").
+        stats process's CPU (docs/benchmarks.md, "Surge capacity", "Stats: a fetch held until 64 KiB").
         """
 
 

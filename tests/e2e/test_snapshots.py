@@ -20,7 +20,7 @@ from waitroom_devtools.procs import ServiceProcess
 from waitroom_events.events import TicketAdmitted, TicketIssued
 from waitroom_events.topics import TopicRegistry
 from waitroom_platform.consume import read_to_end
-from waitroom_platform.kafka import make_consumer
+from waitroom_platform.kafka import make_consumer, make_reader
 from waitroom_platform.settings import KafkaSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -95,7 +95,7 @@ async def test_a_sequencer_killed_with_snapshots_on_loses_no_join_applies_none_t
 
 async def room_partition_end(bootstrap: str, topic: str, partitions: int) -> tuple[int, int]:
     """The one partition of ``topic`` that holds records (the test's only room) and its end offset."""
-    reader = make_consumer(KafkaSettings(bootstrap_servers=bootstrap))
+    reader = make_reader(KafkaSettings(bootstrap_servers=bootstrap))
     await reader.start()
     try:
         ends = [await read_to_end(reader, TopicPartition(topic, p), lambda _: None, None) for p in range(partitions)]
@@ -108,7 +108,7 @@ async def room_partition_end(bootstrap: str, topic: str, partitions: int) -> tup
 async def corrupt_every_snapshot(bootstrap: str, topic: str, partitions: int) -> int:
     """Overwrite every chunk of every snapshot with bytes of the right shape and the wrong content."""
     latest: dict[bytes, bytes] = {}
-    reader = make_consumer(KafkaSettings(bootstrap_servers=bootstrap))
+    reader = make_reader(KafkaSettings(bootstrap_servers=bootstrap))
     await reader.start()
     try:
         for partition in range(partitions):

@@ -83,7 +83,9 @@ async def test_override_fetch_settings_changes_an_unstarted_consumer_and_refuses
     )
     consumer._fetcher = object()  # what start() leaves there
     with pytest.raises(RuntimeError, match="started"):
-        compat.override_fetch_settings(consumer, isolation_level="read_committed", fetch_max_wait_ms=7)
+        compat.override_fetch_settings(
+            consumer, isolation_level="read_committed", fetch_max_wait_ms=7, fetch_min_bytes=9
+        )
     consumer._fetcher = None
 
 
