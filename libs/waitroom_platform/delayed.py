@@ -13,6 +13,14 @@ idempotent). A handler that raises stops the consumer without committing the bat
 
 Partitions come from a consumer group. ``on_assigned`` runs before any record of a newly assigned
 partition is handed over (the reaper rebuilds its state there); ``on_revoked`` after the last one.
+
+``on_assigned`` does not run inside the group's assignment callback but in a task of its own that
+the callback starts. aiokafka sends the group no heartbeat while the callback runs, so a listener
+that took longer than the session (the reaper replaying a partition of many live tickets) would be
+expelled, given the same partitions again and start over, for ever. Until the task is done, the
+partitions it prepares are fetched and kept, not handed over; a revocation cancels it first. A
+listener that fails stops the consumer (``run`` raises its error): handing over the records of a
+partition that was not prepared would judge tickets on a state that was never rebuilt.
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ class DelayedConsumer:
         #: assigned, but the listener is still preparing them: records are kept, not handed over yet
         self._preparing: set[int] = set()
         self._lock = asyncio.Lock()
+        #: the listener's ``on_assigned`` of the latest assignment, while it runs
+        self._preparation: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     @property
@@ -125,6 +135,7 @@ class DelayedConsumer:
         try:
             await _DueLoop(self, consumer).run()
         finally:
+            await self._cancel_preparation()
             await consumer.stop()
 
     # ---------------------------------------------------------------- the schedule
@@ -171,6 +182,8 @@ class DelayedConsumer:
     # ---------------------------------------------------------------- ownership
 
     async def _assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """The group's assignment callback: it only notes the new partitions and starts preparing
+        them (the module docstring says why the listener does not run here)."""
         new = sorted(tp.partition for tp in partitions if tp.partition not in self._buffers)
         # aiokafka fetches a partition as soon as it is assigned, while the listener still runs: keep
         # what arrives meanwhile, and hand it over only once the listener is done.
@@ -178,17 +191,47 @@ class DelayedConsumer:
             for partition in new:
                 self._buffers[partition] = deque()
                 self._preparing.add(partition)
-        try:
-            if new and self._listener is not None:
-                await self._listener.on_assigned(new)
-        finally:
-            self._preparing.difference_update(new)
         log.info("delay_partitions_assigned", topic=self.topic, partitions=new, owned=self.owned)
+        if new and self._listener is not None:
+            self._preparation = asyncio.get_running_loop().create_task(self._prepare(self._listener, new))
+        else:
+            self._preparing.difference_update(new)
+            self.ready.set()
+
+    async def _prepare(self, listener: AssignmentListener, partitions: list[int]) -> None:
+        """One partition after another, each handed over as soon as it is prepared."""
+        started = time.monotonic()
+        for partition in partitions:
+            await listener.on_assigned([partition])
+            self._preparing.discard(partition)
+        log.info(
+            "delay_partitions_prepared",
+            topic=self.topic,
+            partitions=partitions,
+            prepare_s=round(time.monotonic() - started, 3),
+        )
         self.ready.set()
 
+    def _raise_if_preparation_failed(self) -> None:
+        preparation = self._preparation
+        if preparation is not None and preparation.done():
+            self._preparation = None
+            error = None if preparation.cancelled() else preparation.exception()
+            if error is not None:
+                raise error
+
+    async def _cancel_preparation(self) -> None:
+        """Ends a preparation still running (a revocation, a stop); what it prepared is revoked after."""
+        preparation, self._preparation = self._preparation, None
+        if preparation is not None and not preparation.done():
+            preparation.cancel()
+            await asyncio.wait({preparation})
+
     async def _revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        await self._cancel_preparation()
         async with self._lock:
             gone = sorted(tp.partition for tp in partitions if self._buffers.pop(tp.partition, None) is not None)
+            self._preparing.difference_update(gone)
         if gone and self._listener is not None:
             await self._listener.on_revoked(gone)
         log.info("delay_partitions_revoked", topic=self.topic, partitions=gone)
@@ -204,6 +247,7 @@ class _DueLoop(ConsumerLoop[Message]):
 
     async def fetch(self) -> Mapping[TopicPartition, list[Record]]:
         owner = self._owner
+        owner._raise_if_preparation_failed()
         async with owner._lock:
             due = owner._take_due()
         if due:

@@ -72,7 +72,9 @@ async def test_each_record_is_handed_over_once_its_timestamp_plus_the_delay_has_
     topics: TopicRegistry, kafka_bootstrap: str
 ) -> None:
     topic = topics.reaper_delay.name
-    now = time.time()
+    # the first record falls due 2.5 s from now: after the consumer has joined its group, even on
+    # a loaded machine, so its lateness is the consumer's and not the group join's
+    now = time.time() + 1.0
     records = [(p, f"r{p}-{i}".encode(), now + i * 0.25) for p in range(3) for i in range(4)]
     await produce(kafka_bootstrap, topic, records)
     handler = Recorder()
@@ -198,3 +200,90 @@ async def test_a_record_stamped_far_in_the_future_does_not_block_its_partition(
 
     async with running(kafka_bootstrap, topic, handler, f"g-{uuid4().hex}", max_future_s=60.0):
         await until(lambda: handler.values() == [b"skewed", b"normal"], timeout=10)
+
+
+class CountingListener:
+    """Prepares each partition for ``prepare_s``; notes every assignment and revocation it is told of."""
+
+    def __init__(self, handler: Recorder, prepare_s: float, fail_on: int | None = None) -> None:
+        self.handler = handler
+        self.prepare_s = prepare_s
+        self.fail_on = fail_on
+        self.assigned: list[int] = []
+        self.revoked: list[int] = []
+        self.prepared: set[int] = set()
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            self.assigned.append(partition)
+            await asyncio.sleep(self.prepare_s)
+            if partition == self.fail_on:
+                raise RuntimeError(f"could not rebuild partition {partition}")
+            assert not [r for r, _ in self.handler.handled if r.partition == partition], "handed over too early"
+            self.prepared.add(partition)
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        self.revoked.extend(partitions)
+        self.prepared.difference_update(partitions)
+
+
+async def test_a_preparation_longer_than_the_session_keeps_the_partitions_and_is_done_once(
+    topics: TopicRegistry, kafka_bootstrap: str
+) -> None:
+    """A reaper rebuilding partitions of many live tickets takes longer than its session. Run in the
+    group's callback, the rebuild went unheard by the group: the member was expelled, assigned the
+    same partitions again and rebuilt them again, for as long as a rebuild outlasted the session."""
+    topic = topics.reaper_delay.name
+    past = time.time() - DELAY_S - 1
+    await produce(kafka_bootstrap, topic, [(p, f"p{p}".encode(), past) for p in range(3)])
+    handler = Recorder()
+    listener = CountingListener(handler, prepare_s=1.0)  # 3 s in all, twice the session
+    consumer = DelayedConsumer(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        topic,
+        DELAY_S,
+        handler,
+        group_id=f"g-{uuid4().hex}",
+        listener=listener,
+        session_timeout_ms=1_500,
+        heartbeat_interval_ms=250,
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await until(lambda: len(handler.handled) == 3)
+        await asyncio.wait_for(consumer.ready.wait(), 5)
+        assert not task.done()
+        # a session past the end of the preparation: an expelled member would have been told by now
+        await asyncio.sleep(2.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    assert listener.assigned == [0, 1, 2], "the partitions were assigned, and prepared, more than once"
+    assert listener.revoked == [], "the group took the partitions away during the preparation"
+    assert sorted(handler.values()) == [b"p0", b"p1", b"p2"]
+
+
+async def test_a_listener_that_fails_to_prepare_a_partition_stops_the_consumer_with_its_error(
+    topics: TopicRegistry, kafka_bootstrap: str
+) -> None:
+    topic = topics.reaper_delay.name
+    past = time.time() - DELAY_S - 1
+    await produce(kafka_bootstrap, topic, [(p, f"p{p}".encode(), past) for p in range(3)])
+    handler = Recorder()
+    listener = CountingListener(handler, prepare_s=0.1, fail_on=1)
+    consumer = DelayedConsumer(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        topic,
+        DELAY_S,
+        handler,
+        group_id=f"g-{uuid4().hex}",
+        listener=listener,
+    )
+    task = asyncio.create_task(consumer.run())
+    with pytest.raises(RuntimeError, match="could not rebuild partition 1"):
+        await asyncio.wait_for(task, timeout=20)
+
+    # what was not prepared was never handed over, and nothing was judged after the failure
+    assert all(record.partition == 0 for record, _ in handler.handled)
+    assert not consumer.ready.is_set()
