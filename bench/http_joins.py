@@ -202,6 +202,24 @@ def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
         spy.wait(60)
 
 
+def start_broker_profile(folder: Path | None, name: str, pid: int | None) -> Path | None:
+    """A JDK Flight Recorder recording of the broker (``jcmd``, in the JDK) into ``folder/<name>.jfr``;
+    read it with ``jfr print --events jdk.ExecutionSample`` or ``jfr view hot-methods``."""
+    if folder is None or pid is None or shutil.which("jcmd") is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    out = (folder / f"{name}.jfr").resolve()
+    argv = ["jcmd", str(pid), "JFR.start", f"name={name}", "settings=profile", f"filename={out}"]
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # noqa: S603
+    return out
+
+
+def stop_broker_profile(pid: int | None, recording: Path | None) -> None:
+    if pid is not None and recording is not None:
+        argv = ["jcmd", str(pid), "JFR.stop", f"name={recording.stem}"]
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # noqa: S603
+
+
 def measure(
     args: argparse.Namespace,
     client: str,
@@ -226,7 +244,11 @@ def measure(
             )
         extra = {f"other {name}": pid for name, pid in (others or {}).items()} if target == "waitroom" else {}
         meter = CpuMeter({"server": proc.pid, "broker": broker.pid, **extra})
-        spy = start_profile(args.profile, f"{re.sub(r'[^A-Za-z0-9.]+', '-', shape).strip('-')}-{target}", proc.pid)
+        stem = f"{re.sub(r'[^A-Za-z0-9.]+', '-', shape).strip('-')}-{target}"
+        spies = [start_profile(args.profile, stem, proc.pid)]
+        for name, pid in extra.items():
+            spies.append(start_profile(args.profile, f"{stem}-{name.removeprefix('other ')}", pid))
+        recording = start_broker_profile(args.profile, f"{stem}-kafka", broker.pid)
         meter.start()
         result = run_load(
             client,
@@ -239,7 +261,9 @@ def measure(
             rate=rate,
         )
         cores = meter.stop()
-        stop_profile(spy)
+        for spy in spies:
+            stop_profile(spy)
+        stop_broker_profile(broker.pid, recording)
         say(
             f"  {shape:9} {target:9} {result.throughput:8.0f} req/s  p99 {result.p99_ms:7.1f} ms  "
             f"errors {result.errors}"
@@ -485,7 +509,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.1,
         help="after the join row, joins open-loop at this fraction of its rate, for latency (0: skip; default 0.1)",
     )
-    parser.add_argument("--profile", type=Path, help="py-spy profiles of ticketing per row into this folder")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="profiles per row into this folder: py-spy of ticketing (and of the other services with"
+        " --system dev), JFR of Kafka",
+    )
     parser.add_argument("--workers", type=int, default=1, help="API processes (WAITROOM_TICKETING_WORKERS)")
     parser.add_argument(
         "--system",

@@ -72,14 +72,15 @@ async def test_each_record_is_handed_over_once_its_timestamp_plus_the_delay_has_
     topics: TopicRegistry, kafka_bootstrap: str
 ) -> None:
     topic = topics.reaper_delay.name
-    # the first record falls due 2.5 s from now: after the consumer has joined its group, even on
-    # a loaded machine, so its lateness is the consumer's and not the group join's
-    now = time.time() + 1.0
-    records = [(p, f"r{p}-{i}".encode(), now + i * 0.25) for p in range(3) for i in range(4)]
-    await produce(kafka_bootstrap, topic, records)
     handler = Recorder()
 
-    async with running(kafka_bootstrap, topic, handler, f"g-{uuid4().hex}"):
+    async with running(kafka_bootstrap, topic, handler, f"g-{uuid4().hex}") as (consumer, _):
+        # written once the consumer owns its partitions: the lateness measured is the consumer's,
+        # not that of a group's first join on a new broker (seconds on a loaded machine)
+        await asyncio.wait_for(consumer.ready.wait(), 30)
+        now = time.time()
+        records = [(p, f"r{p}-{i}".encode(), now + i * 0.25) for p in range(3) for i in range(4)]
+        await produce(kafka_bootstrap, topic, records)
         await until(lambda: len(handler.handled) == len(records))
 
     for record, handled_at in handler.handled:
