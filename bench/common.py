@@ -79,6 +79,27 @@ def process_cpu_s(pid: int) -> float | None:
     return total
 
 
+#: the JVM's JIT compiler threads, by their (15-character) thread names
+_JIT_THREAD = re.compile(r"^C\d CompilerThre")
+
+
+def jit_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a JVM's JIT compiler threads (C1, C2), from /proc/<pid>/task.
+
+    A JVM started for the run compiles its hot code during the first minute or two of load, on
+    threads of its own: that work is the broker starting, not the broker serving."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.exists():
+        return None
+    total = 0
+    for task in tasks.iterdir():
+        with contextlib.suppress(OSError):
+            if _JIT_THREAD.match((task / "comm").read_text()):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
 def rss_mb(pid: int) -> float | None:
     """The resident set of ``pid`` in MB (VmRSS of /proc/<pid>/status), None once it is gone."""
     try:

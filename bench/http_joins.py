@@ -49,6 +49,7 @@ from bench.common import (
     base_url,
     broker_for_bench,
     fresh_topics,
+    jit_cpu_s,
     markdown_table,
     run_facts,
     say,
@@ -78,6 +79,8 @@ class Row:
     machine_cores: float | None
     #: with ``--system dev``: each other service of the stack (moto, reaper, notifier, stats)
     others: dict[str, float | None] = field(default_factory=dict)
+    #: the broker's JIT compiler threads (part of ``broker_cores``; see ``warm_broker``)
+    broker_jit_cores: float | None = None
 
     @property
     def others_cores(self) -> float | None:
@@ -220,6 +223,46 @@ def stop_broker_profile(pid: int | None, recording: Path | None) -> None:
         subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # noqa: S603
 
 
+#: the broker's warm-up (``warm_broker``): join load in rounds of this many seconds, until its JIT
+#: compiler threads use less than this many cores
+WARM_ROUND_S = 5.0
+WARM_QUIET_CORES = 0.05
+
+
+@dataclass
+class WarmUp:
+    seconds: float
+    jit_cores: float | None  # in the last round
+    joins: int
+
+
+def warm_broker(
+    args: argparse.Namespace, client: str, spec: list[RequestSpec], ticketing: ServiceProcess, broker: Broker
+) -> WarmUp | None:
+    """Join load, unmeasured, until the broker's JIT has compiled its hot code (at most
+    ``--broker-warmup`` seconds). A JVM started for the run compiles for a minute or two under
+    load, at 0.1-0.4 of a core on this machine: without this the first rows would bill that to
+    the requests they measure (docs/benchmarks.md, "Surge capacity")."""
+    if broker.pid is None or args.broker_warmup <= 0:
+        return None
+    say(f"warming the broker up (joins until its JIT threads use under {WARM_QUIET_CORES} of a core) ...")
+    started, joins, jit = time.monotonic(), 0, None
+    while time.monotonic() - started < args.broker_warmup:
+        before, at = jit_cpu_s(broker.pid), time.monotonic()
+        result = run_load(
+            client, base_url(ticketing), spec, connections=args.connections, duration_s=WARM_ROUND_S, max_requests=0
+        )
+        after = jit_cpu_s(broker.pid)
+        joins += result.requests
+        if before is None or after is None:
+            break
+        jit = (after - before) / max(time.monotonic() - at, 1e-9)
+        say(f"  {time.monotonic() - started:5.0f} s: {result.throughput:.0f} joins/s, Kafka's JIT {jit:.2f} cores")
+        if jit < WARM_QUIET_CORES:
+            break
+    return WarmUp(round(time.monotonic() - started), jit, joins)
+
+
 def measure(
     args: argparse.Namespace,
     client: str,
@@ -249,6 +292,7 @@ def measure(
         for name, pid in extra.items():
             spies.append(start_profile(args.profile, f"{stem}-{name.removeprefix('other ')}", pid))
         recording = start_broker_profile(args.profile, f"{stem}-kafka", broker.pid)
+        jit_before, jit_started = (jit_cpu_s(broker.pid) if broker.pid else None), time.monotonic()
         meter.start()
         result = run_load(
             client,
@@ -261,6 +305,10 @@ def measure(
             rate=rate,
         )
         cores = meter.stop()
+        jit_after = jit_cpu_s(broker.pid) if broker.pid else None
+        jit = None
+        if jit_before is not None and jit_after is not None:
+            jit = (jit_after - jit_before) / max(time.monotonic() - jit_started, 1e-9)
         for spy in spies:
             stop_profile(spy)
         stop_broker_profile(broker.pid, recording)
@@ -269,7 +317,9 @@ def measure(
             f"errors {result.errors}"
         )
         other = {name.removeprefix("other "): cores.get(name) for name in extra}
-        rows.append(Row(shape, target, result, cores.get("server"), cores.get("broker"), cores.get("machine"), other))
+        rows.append(
+            Row(shape, target, result, cores.get("server"), cores.get("broker"), cores.get("machine"), other, jit)
+        )
     return rows
 
 
@@ -303,6 +353,7 @@ def results_table(rows: list[Row]) -> str:
         "server CPU (cores)",
         "server CPU ms/request",
         "Kafka CPU (cores)",
+        "of which Kafka's JIT (cores)",
         "other services CPU (cores)",
         "whole machine busy (cores)",
     ]
@@ -322,6 +373,7 @@ def results_table(rows: list[Row]) -> str:
             _f(r.server_cores),
             _f(_cpu_ms_per_request(r)),
             _f(r.broker_cores),
+            _f(r.broker_jit_cores),
             _f(r.others_cores),
             _f(r.machine_cores),
         ]
@@ -431,7 +483,25 @@ def reading(rows: list[Row], cpus: int) -> list[str]:
     return lines
 
 
-def report(args: argparse.Namespace, client: str, client_note: str, broker: Broker, rows: list[Row], n: int) -> str:
+def _warm_line(warm: WarmUp | None, args: argparse.Namespace) -> str:
+    if warm is None:
+        return "- Kafka not warmed up first (a broker the bench did not start, or --broker-warmup 0)"
+    jit = "" if warm.jit_cores is None else f", {warm.jit_cores:.2f} of a core in the last {WARM_ROUND_S:g} s"
+    return (
+        f"- Kafka warmed up before the rows: {warm.joins} joins in {warm.seconds:g} s (unmeasured), until its JIT "
+        f"compiler threads used under {WARM_QUIET_CORES} of a core or {args.broker_warmup:g} s had passed{jit}"
+    )
+
+
+def report(
+    args: argparse.Namespace,
+    client: str,
+    client_note: str,
+    broker: Broker,
+    rows: list[Row],
+    n: int,
+    warm: WarmUp | None = None,
+) -> str:
     cpus = len(os.sched_getaffinity(0))
     admitted = min(args.capacity, n)
     parts = [
@@ -466,7 +536,9 @@ def report(args: argparse.Namespace, client: str, client_note: str, broker: Brok
         "(an admitted ticket's answer carries its entry token, re-signed once past half its lifetime); "
         "status: `GET` of the waiting tickets; the baseline answers the same body without checks",
         "- CPU columns: cores = CPU seconds / wall seconds of the row; client from wait4, server and Kafka from "
-        "/proc/<pid>/stat, whole machine from /proc/stat (everyone's work, ours included)",
+        "/proc/<pid>/stat, Kafka's JIT from its compiler threads in /proc/<pid>/task (part of Kafka's CPU), whole "
+        "machine from /proc/stat (everyone's work, ours included)",
+        _warm_line(warm, args),
         "",
         results_table(rows),
         "",
@@ -494,6 +566,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="upper bound per row (default 1e6)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each row (default 2)")
+    parser.add_argument(
+        "--broker-warmup",
+        type=float,
+        default=120.0,
+        help="at most this many seconds of unmeasured joins first, until the broker's JIT is done (0: none)",
+    )
     parser.add_argument("--tickets", type=int, default=2000, help="tickets the heartbeat rows cycle over")
     parser.add_argument("--capacity", type=int, default=100, help="capacity of the benchmark rooms")
     parser.add_argument("--partitions", type=int, default=12, help="partitions of each room topic (default 12)")
@@ -580,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                 "heartbeat admitted": prepared.heartbeats(prepared.admitted),
                 "status": prepared.statuses(),
             }
+            warm = warm_broker(args, client, shapes["join"], ticketing, broker)
             rows = []
             for shape in args.shapes.split(","):
                 rows += measure(args, client, shape, shapes[shape], targets, broker, others=others)
@@ -597,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.system != "dev":  # the dev stack stops its own services
                 ticketing.stop()
             baseline.stop()
-        text = report(args, client, client_note, broker, rows, len(prepared.waiting) + len(prepared.admitted))
+        text = report(args, client, client_note, broker, rows, len(prepared.waiting) + len(prepared.admitted), warm)
     sys.stdout.write(text + "\n")
     if args.write_docs:
         write_section(section, text)
