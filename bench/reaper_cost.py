@@ -63,6 +63,10 @@ class Result:
     rss_mb: float | None
     lateness: list[float]
     false_expiries: int
+    #: partitions the reaper rebuilt from the log (once each at its start, unless the group took
+    #: them back) and how long the last rebuild took
+    recoveries: int = 0
+    last_recovery_s: float | None = None
 
 
 async def end_offsets(bootstrap: str, topics: list[str], partitions: int) -> dict[str, int]:
@@ -271,6 +275,8 @@ def run_one(bootstrap: str, n_tickets: int, args: argparse.Namespace, work_dir: 
             rss_mb=rss,
             lateness=sorted(lateness),
             false_expiries=len([t for t in first if t not in silent_ids]),
+            recoveries=int(metrics_after.get("recoveries", 0)),
+            last_recovery_s=metrics_after.get("last_recovery_s"),
         ), generator
 
     try:
@@ -312,6 +318,8 @@ def report(results: list[Result], facts: str, args: argparse.Namespace) -> str:
             "reaper CPU (% of a core)",
             "reaper RSS MB",
             "generator CPU (% of a core)",
+            "partitions rebuilt (of them)",
+            "last rebuild s",
         ],
         [
             (
@@ -324,6 +332,8 @@ def report(results: list[Result], facts: str, args: argparse.Namespace) -> str:
                 fmt(None if r.reaper_cpu is None else 100 * r.reaper_cpu, 1),
                 fmt(r.rss_mb, 0),
                 fmt(None if r.generator_cpu is None else 100 * r.generator_cpu, 1),
+                f"{r.recoveries} ({args.partitions})",
+                fmt(r.last_recovery_s, 2),
             )
             for r in results
         ],
@@ -364,7 +374,10 @@ def report(results: list[Result], facts: str, args: argparse.Namespace) -> str:
             "- records: check records are the reaper's durable schedule on the delay topic (one per room with live "
             "tickets per check cycle, not one per ticket); 'tickets checked' is how many live tickets those checks "
             "looked at; expiry requests are `ExpireRequested` on the commands topic (no sequencer runs here, so "
-            "an unanswered request is repeated every 10 s).",
+            "an unanswered request is repeated every 10 s); the reaper starts once the tickets are written and "
+            "heartbeating, so it rebuilds each partition from the log first: 'partitions rebuilt' counts those "
+            "rebuilds during the whole run (more than the partitions: the group took some back and they were "
+            "rebuilt again).",
             cost,
             "Expiry precision under that load (lateness = time of the `ExpireRequested` minus the last heartbeat "
             f"sent minus the {TIMEOUT_S:.0f} s timeout; the sequencer adds its own few milliseconds):",
