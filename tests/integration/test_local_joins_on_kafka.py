@@ -92,6 +92,9 @@ async def test_handed_over_joins_are_in_the_log_once_and_rebuilt_from_a_snapshot
         await publisher.publish(topics.commands.name, JoinRequested(room_id=ROOM, ticket_id="h0-0", requested_at=0.0))
         room = next(owned.rooms[ROOM] for owned in first._owned.values() if ROOM in owned.rooms)
         await eventually(lambda: room.last_queue_no == 34, timeout=30)
+        # applied is not committed: stopping now could abort t3's transaction (its command would be
+        # decided again by the next owner, but the log read below would not hold it yet)
+        await eventually(lambda: "t3" in {e.ticket_id for e in issued(handed)}, timeout=30)
         handed_over = {f"h{wave}-{i}" for wave in range(3) for i in range(10)}
         assert handed_over <= {e.ticket_id for e in issued(handed)}, "each reached the read model's hand-off"
         await asyncio.wait(set(first._writing.values()), timeout=30)  # the snapshots written
