@@ -33,6 +33,9 @@ BatchHandler = Callable[[Sequence[tuple[Record, M]]], Awaitable[None] | None]
 #: given the topic's partitions, the offset each one starts at (missing: its beginning), e.g.
 #: where a snapshot the view loaded leaves off
 StartAt = Callable[[list[int]], Awaitable[dict[int, int]]]
+#: given a partition, the offset up to which (inclusive) the view already holds its records from
+#: elsewhere (-1: none); the tail neither decodes nor hands over those again
+HeldThrough = Callable[[int], int]
 
 
 class TopicTail(Component, Generic[M]):
@@ -47,6 +50,7 @@ class TopicTail(Component, Generic[M]):
         since_s: float | None = None,
         max_records: int = 2000,
         start_at: StartAt | None = None,
+        held_through: HeldThrough | None = None,
     ) -> None:
         self._kafka = kafka
         self.topic = topic
@@ -57,6 +61,7 @@ class TopicTail(Component, Generic[M]):
         self._since_s = since_s
         self._max_records = max_records
         self._start_at = start_at
+        self._held_through = held_through
         self._consumer: AIOKafkaConsumer | None = None
         self._targets: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
@@ -130,6 +135,14 @@ class _TailLoop(ConsumerLoop[M]):
             consumer, tail._accepts, tail._hand_over, commit=False, max_records=tail._max_records, name=tail.name
         )
         self._tail = tail
+
+    async def process(self, tp: TopicPartition, records: Sequence[Record]) -> bool:
+        held = self._tail._held_through
+        if held is not None and records[0].offset <= (through := held(tp.partition)):
+            records = [record for record in records if record.offset > through]
+            if not records:
+                return True
+        return await super().process(tp, records)
 
     async def after_fetch(self, batches: Sequence[tuple[TopicPartition, list[Record]]]) -> None:
         if not self._tail.caught_up.is_set():

@@ -50,7 +50,9 @@ class ReadModel(TailedView):
         #: per partition: events of commands before this offset are in the snapshot loaded
         self._replay_from: dict[int, int] = {}
         start_at = None if snapshots is None else self._start_from_snapshots
-        self._tail = TopicTail(kafka, topic, RoomEvent, self._apply_decoded, start_at=start_at)
+        self._tail = TopicTail(
+            kafka, topic, RoomEvent, self._apply_decoded, start_at=start_at, held_through=self._held_through
+        )
         self._ticket_waiters: dict[str, list[asyncio.Future[Ticket]]] = {}
         self._changed = asyncio.Condition()
         self.events_applied = 0
@@ -64,6 +66,10 @@ class ReadModel(TailedView):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await super().start()
+
+    def _held_through(self, partition: int) -> int:
+        """Records taken from this process's sequencer are not decoded again when the tail reads them."""
+        return self._applied_upto.get(partition, -1)
 
     def _apply_decoded(self, records: Sequence[tuple[Record, RoomEvent]]) -> None:
         if not records:
