@@ -114,6 +114,20 @@ class TopicTail(Component, Generic[M]):
     def ready(self) -> bool:
         return self.caught_up.is_set()
 
+    def park(self, partition: int) -> None:
+        """Stop fetching ``partition``: the view is given its records another way (the read model,
+        by its own sequencer) and says when that stops with :meth:`unpark`."""
+        if self._consumer is not None:
+            self._consumer.pause(TopicPartition(self.topic, partition))
+
+    def unpark(self, partition: int, offset: int) -> None:
+        """Fetch ``partition`` again, from ``offset`` (just after what the view holds)."""
+        if self._consumer is None:
+            return
+        tp = TopicPartition(self.topic, partition)
+        self._consumer.seek(tp, offset)
+        self._consumer.resume(tp)
+
     async def _hand_over(self, tp: TopicPartition, records: Sequence[tuple[Record, M]]) -> None:
         result = self._on_batch(records)
         if result is not None:

@@ -9,6 +9,7 @@ events after it, instead of replaying from offset 0 (see ``_start_from_snapshots
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,11 @@ from waitroom_platform.snapshots import SnapshotStore, describe
 from waitroom_platform.tail import TailedView, TopicTail
 
 log = structlog.get_logger()
+
+#: a partition whose events this process's sequencer hands over is not fetched by the tail while
+#: the hand-offs keep coming (ADR 0011 amendment); this long without one, the tail reads it again,
+#: from just after what was taken (another owner, or a commit that was not handed over)
+PARK_IDLE_S = 0.2
 
 
 class JoinRefused(Exception):
@@ -61,11 +67,23 @@ class ReadModel(TailedView):
         self._listeners: list[Callable[[Sequence[RoomEvent]], None]] = []
         #: per partition: the offset of the last room-event applied, read or taken
         self._applied_upto: dict[int, int] = {}
+        #: partitions the tail does not fetch, with the (monotonic) time of their last hand-off
+        self._parked: dict[int, float] = {}
+        self._park_timers: dict[int, asyncio.TimerHandle] = {}
+        #: times a partition was parked (the tail stopped fetching it), for describe()
+        self.parks = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await super().start()
+
+    async def stop(self) -> None:
+        for timer in self._park_timers.values():
+            timer.cancel()
+        self._park_timers.clear()
+        self._parked.clear()
+        await super().stop()
 
     def _held_through(self, partition: int) -> int:
         """Records taken from this process's sequencer are not decoded again when the tail reads them."""
@@ -91,10 +109,39 @@ class ReadModel(TailedView):
         them when it reads them. Otherwise (the tail is behind, or already has them) ignored: the
         tail brings them in their turn. Either way every event is applied once, in log order."""
         if self._applied_upto.get(partition) != after or not self.ready():
+            if partition in self._parked:
+                self._unpark(partition)  # something came between: the tail reads it
             return
         self._applied_upto[partition] = upto
         self.events_taken += len(events)
         self.apply(events)
+        # Every event of the partition up to ``upto`` is here, and the owner hands over the next
+        # commit too: the tail need not fetch (nor the broker serve) each transaction a second time.
+        if self._loop is None:
+            return
+        fresh = partition not in self._parked
+        self._parked[partition] = time.monotonic()
+        if fresh:
+            self._tail.park(partition)
+            self.parks += 1
+            self._park_timers[partition] = self._loop.call_later(PARK_IDLE_S, self._check_parked, partition)
+
+    def _check_parked(self, partition: int) -> None:
+        last = self._parked.get(partition)
+        if last is None or self._loop is None:
+            return
+        idle = time.monotonic() - last
+        if idle >= PARK_IDLE_S:
+            self._unpark(partition)
+        else:
+            self._park_timers[partition] = self._loop.call_later(PARK_IDLE_S - idle, self._check_parked, partition)
+
+    def _unpark(self, partition: int) -> None:
+        del self._parked[partition]
+        timer = self._park_timers.pop(partition, None)
+        if timer is not None:
+            timer.cancel()
+        self._tail.unpark(partition, self._applied_upto.get(partition, -1) + 1)
 
     def take_committed_threadsafe(self, partition: int, after: int, upto: int, events: Sequence[RoomEvent]) -> None:
         """:meth:`take_committed` from another thread (the sequencer's own loop), on this model's loop."""
@@ -222,5 +269,7 @@ class ReadModel(TailedView):
             "rooms": len(self.rooms),
             "events_applied": self.events_applied,
             "events_taken": self.events_taken,
+            "partitions_parked": len(self._parked),
+            "parks": self.parks,
             "ready": self.ready(),
         }

@@ -136,3 +136,63 @@ async def test_handed_over_joins_are_in_the_log_once_and_rebuilt_from_a_snapshot
         tail.cancel()
         await asyncio.gather(tail, return_exceptions=True)
         await model.stop()
+
+
+async def test_a_partition_the_tail_left_to_the_hand_off_is_read_again_once_another_owner_writes_it(
+    kafka_bootstrap: str, topics: TopicRegistry
+) -> None:
+    """While its own sequencer hands it every commit, the read model's tail does not fetch the
+    partition (ADR 0011 amendment). When the hand-offs stop (the partition went to another process),
+    the tail reads it again from just after what was handed over: nothing missed, nothing twice."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    room_id = "parked-room"
+    model = ReadModel(kafka, topics.room_events.name)
+    await model.start()
+    tail = asyncio.create_task(model.run())
+    producer = make_producer(kafka)
+    await producer.start()
+    publisher = Publisher(producer)
+    first = Sequencer(kafka, topics, options(topics), committed=model.take_committed_threadsafe)
+    run = await running(first)
+    try:
+        await eventually(model.ready, timeout=30)
+        await publisher.publish(
+            topics.commands.name, RoomConfigureRequested(room_id=room_id, requested_at=time.time(), capacity=CAPACITY)
+        )
+        await eventually(lambda: model.room(room_id) is not None, timeout=30)
+
+        async def join(sequencer: Sequencer, ticket_id: str) -> None:
+            answer: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+            command = JoinRequested(room_id=room_id, ticket_id=ticket_id, requested_at=time.time())
+            sequencer.offer(Offer(command, (), lambda error: answer.done() or answer.set_result(error)))
+            assert await asyncio.wait_for(answer, timeout=30) is None
+
+        for i in range(6):
+            await join(first, f"a{i}")
+        assert model.events_taken >= 5, "the joins after the first commit were handed over"
+        consumer = model._tail._consumer
+        assert consumer is not None
+        assert model.describe()["partitions_parked"] == 1, "the tail leaves the partition to the hand-off"
+        assert len(consumer.paused()) == 1
+    finally:
+        await stopped(first, run)
+
+    second = Sequencer(kafka, topics, options(topics))  # another process: it hands nothing over
+    run = await running(second)
+    try:
+        for i in range(4):
+            await join(second, f"b{i}")
+        await eventually(lambda: model.ticket(room_id, "b3") is not None, timeout=10)
+        assert model.describe()["partitions_parked"] == 0
+        room = model.room(room_id)
+        assert room is not None
+        assert [t.ticket_id for t in room.tickets.tickets()] == [f"a{i}" for i in range(6)] + [
+            f"b{i}" for i in range(4)
+        ]
+        assert room.last_queue_no == 10, "each join folded once"
+    finally:
+        await stopped(second, run)
+        await producer.stop()
+        tail.cancel()
+        await asyncio.gather(tail, return_exceptions=True)
+        await model.stop()
