@@ -227,6 +227,9 @@ def stop_broker_profile(pid: int | None, recording: Path | None) -> None:
 #: compiler threads use less than this many cores
 WARM_ROUND_S = 5.0
 WARM_QUIET_CORES = 0.05
+#: ... in this many rounds in a row: C2 compiles in bursts, and one quiet round after 25 s was
+#: followed by 0.18-0.22 of a core of compiling in the join row (tenth session)
+WARM_QUIET_ROUNDS = 3
 
 
 @dataclass
@@ -245,8 +248,11 @@ def warm_broker(
     the requests they measure (docs/benchmarks.md, "Surge capacity")."""
     if broker.pid is None or args.broker_warmup <= 0:
         return None
-    say(f"warming the broker up (joins until its JIT threads use under {WARM_QUIET_CORES} of a core) ...")
-    started, joins, jit = time.monotonic(), 0, None
+    say(
+        f"warming the broker up (joins until its JIT threads use under {WARM_QUIET_CORES} of a core"
+        f" in {WARM_QUIET_ROUNDS} rounds in a row) ..."
+    )
+    started, joins, jit, quiet = time.monotonic(), 0, None, 0
     while time.monotonic() - started < args.broker_warmup:
         before, at = jit_cpu_s(broker.pid), time.monotonic()
         result = run_load(
@@ -258,7 +264,8 @@ def warm_broker(
             break
         jit = (after - before) / max(time.monotonic() - at, 1e-9)
         say(f"  {time.monotonic() - started:5.0f} s: {result.throughput:.0f} joins/s, Kafka's JIT {jit:.2f} cores")
-        if jit < WARM_QUIET_CORES:
+        quiet = quiet + 1 if jit < WARM_QUIET_CORES else 0
+        if quiet >= WARM_QUIET_ROUNDS:
             break
     return WarmUp(round(time.monotonic() - started), jit, joins)
 
@@ -489,7 +496,8 @@ def _warm_line(warm: WarmUp | None, args: argparse.Namespace) -> str:
     jit = "" if warm.jit_cores is None else f", {warm.jit_cores:.2f} of a core in the last {WARM_ROUND_S:g} s"
     return (
         f"- Kafka warmed up before the rows: {warm.joins} joins in {warm.seconds:g} s (unmeasured), until its JIT "
-        f"compiler threads used under {WARM_QUIET_CORES} of a core or {args.broker_warmup:g} s had passed{jit}"
+        f"compiler threads used under {WARM_QUIET_CORES} of a core in {WARM_QUIET_ROUNDS} rounds of {WARM_ROUND_S:g} s "
+        f"in a row or {args.broker_warmup:g} s had passed{jit}"
     )
 
 
