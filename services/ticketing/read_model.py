@@ -3,7 +3,9 @@
 Every API replica tails every partition, so any replica answers for any room. Join calls wait here
 for their ticket to be issued (read-your-writes), and admin calls for their configuration to land.
 With snapshots on, it starts from each partition's newest valid sequencer snapshot and tails the
-events after it, instead of replaying from offset 0 (see ``_start_from_snapshots``).
+events after it, instead of replaying from offset 0 (see ``_start_from_snapshots``). In the
+all-in-one process, the sequencer hands over what it commits (``take_committed``); the tail then
+leaves that partition alone while the hand-offs come (``PARK_IDLE_S``, docs/adr/0011).
 """
 
 from __future__ import annotations
