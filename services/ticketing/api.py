@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
@@ -53,7 +52,7 @@ from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.read_model import JoinRefused, ReadModel
 from waitroom_ticketing.sequencer import LocalDecider
 from waitroom_ticketing.stats_view import StatsView
-from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens
+from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens, new_ticket_id
 
 log = structlog.get_logger()
 
@@ -619,7 +618,7 @@ async def join_answer(
         raise ApiError(
             422, "invalid_idempotency_key", "an Idempotency-Key needs at least 16 characters of random text (a UUID)"
         )
-    ticket_id = svc.tickets.ticket_id_for_key(room_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
+    ticket_id = svc.tickets.ticket_id_for_key(room_id, idempotency_key) if idempotency_key else new_ticket_id()
     _tag(room_id, ticket_id)
     ticket_token = svc.tickets.token_for(room_id, ticket_id)
     existing = room.find(ticket_id)  # kept or forgotten (a tombstone: ended)

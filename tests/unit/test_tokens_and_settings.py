@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from pathlib import Path
 
 import jwt
@@ -12,7 +14,7 @@ from pydantic import ValidationError
 
 from waitroom_ticketing.ratelimit import RateLimiter
 from waitroom_ticketing.settings import DEV_ADMIN_TOKEN, TicketingSettings
-from waitroom_ticketing.tokens import EntryTokenSigner, TicketTokens, write_private_key
+from waitroom_ticketing.tokens import EntryTokenSigner, RandomTicketIds, TicketTokens, write_private_key
 
 
 def test_a_ticket_token_verifies_only_for_its_own_room_and_ticket() -> None:
@@ -22,6 +24,24 @@ def test_a_ticket_token_verifies_only_for_its_own_room_and_ticket() -> None:
     assert not tokens.verify("room", "ticket-b", token)
     assert not tokens.verify("other-room", "ticket-a", token)
     assert not TicketTokens("secret-two").verify("room", "ticket-a", token)
+
+
+def test_ticket_ids_are_random_version_4_uuids_each_once_across_refills_of_the_pool() -> None:
+    ids = RandomTicketIds()
+    drawn = [ids() for _ in range(3 * RandomTicketIds.CHUNK // 16 + 5)]  # the pool read four times
+    assert len(set(drawn)) == len(drawn)
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in drawn)
+
+
+def test_a_forked_worker_does_not_hand_out_the_ids_its_parent_has_in_its_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = RandomTicketIds()
+    parent()  # the pool is read in the parent
+    state = (parent._pool, parent._at, parent._pid)
+    parents_next = {parent() for _ in range(10)}  # what the parent hands out next, from that pool
+    child = RandomTicketIds()
+    child._pool, child._at, child._pid = state  # what a fork copies
+    monkeypatch.setattr(os, "getpid", lambda: state[2] + 1)
+    assert {child() for _ in range(10)}.isdisjoint(parents_next)
 
 
 def test_an_idempotency_key_names_the_same_ticket_on_every_replica_and_differs_per_room() -> None:
