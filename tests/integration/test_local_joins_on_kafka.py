@@ -54,9 +54,9 @@ async def stopped(sequencer: Sequencer, run: asyncio.Task[None]) -> None:
     await sequencer.stop()
 
 
-def offered(sequencer: Sequencer, ticket_id: str) -> asyncio.Future[BaseException | None]:
+def offered(sequencer: Sequencer, ticket_id: str, room_id: str = ROOM) -> asyncio.Future[BaseException | None]:
     answer: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-    command = JoinRequested(room_id=ROOM, ticket_id=ticket_id, requested_at=time.time())
+    command = JoinRequested(room_id=room_id, ticket_id=ticket_id, requested_at=time.time())
     sequencer.offer(Offer(command, (), lambda error: answer.done() or answer.set_result(error)))
     return answer
 
@@ -160,15 +160,8 @@ async def test_a_partition_the_tail_left_to_the_hand_off_is_read_again_once_anot
             topics.commands.name, RoomConfigureRequested(room_id=room_id, requested_at=time.time(), capacity=CAPACITY)
         )
         await eventually(lambda: model.room(room_id) is not None, timeout=30)
-
-        async def join(sequencer: Sequencer, ticket_id: str) -> None:
-            answer: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-            command = JoinRequested(room_id=room_id, ticket_id=ticket_id, requested_at=time.time())
-            sequencer.offer(Offer(command, (), lambda error: answer.done() or answer.set_result(error)))
-            assert await asyncio.wait_for(answer, timeout=30) is None
-
         for i in range(6):
-            await join(first, f"a{i}")
+            assert await asyncio.wait_for(offered(first, f"a{i}", room_id), timeout=30) is None
         assert model.events_taken >= 5, "the joins after the first commit were handed over"
         consumer = model._tail._consumer
         assert consumer is not None
@@ -181,7 +174,7 @@ async def test_a_partition_the_tail_left_to_the_hand_off_is_read_again_once_anot
     run = await running(second)
     try:
         for i in range(4):
-            await join(second, f"b{i}")
+            assert await asyncio.wait_for(offered(second, f"b{i}", room_id), timeout=30) is None
         await eventually(lambda: model.ticket(room_id, "b3") is not None, timeout=10)
         assert model.describe()["partitions_parked"] == 0
         room = model.room(room_id)
